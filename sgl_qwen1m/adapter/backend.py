@@ -1,0 +1,168 @@
+"""``qwen1m``: SGLang attention backend for models with ``dual_chunk_attention_config`` (Qwen2.5-*-1M).
+
+Translates SGLang's ``ForwardBatch`` into host-int plans (once per batch) and runs
+:class:`sgl_qwen1m.attention.wrapper.DCAAttention` per layer. Keys are written to SGLang's KV pool exactly as
+RoPE left them (rotated at ``pos % chunk_len``, never rescaled), so the radix cache stays on.
+Tested against SGLang 0.5.17.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional, Union
+
+import torch
+
+from sglang.srt.environ import envs
+from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
+from sglang.srt.runtime_context import get_buffer
+
+from sgl_qwen1m.attention.dca import RequestSpan, plan_extend, yarn_logit_scale
+from sgl_qwen1m.attention.wrapper import DCAAttention, DCAShape, DecodeGraphState, ExtendState
+from sgl_qwen1m.config import DCAConfig
+
+if TYPE_CHECKING:
+    from flashinfer import BatchDecodeWithPagedKVCacheWrapper
+    from sglang.srt.layers.radix_attention import RadixAttention
+    from sglang.srt.model_executor.forward_batch_info import ForwardBatch
+    from sglang.srt.model_executor.model_runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_HEAD_DIMS = (64, 128, 256)
+SUPPORTED_KV_DTYPES = (torch.bfloat16, torch.float16)
+_WORKSPACE_BYTES = 512 * 1024 * 1024  # what SGLang's FlashInfer backend uses for Qwen2
+
+
+@dataclass
+class _ExtendMeta:
+    state: ExtendState
+
+
+@dataclass
+class _DecodeMeta:
+    wrapper: "BatchDecodeWithPagedKVCacheWrapper"
+
+
+class Qwen1MAttnBackend(AttentionBackend):
+    """Exact DCA (+ YaRN temperature) on FlashInfer; plain causal attention for models without DCA."""
+
+    def __init__(self, model_runner: "ModelRunner") -> None:
+        super().__init__()
+        mc = model_runner.model_config
+        sa = model_runner.server_args
+        self.cfg: Optional[DCAConfig] = DCAConfig.from_hf_config(mc.hf_config)
+        if sa.speculative_algorithm is not None:
+            raise ValueError(
+                f"attention backend 'qwen1m' does not support speculative decoding "
+                f"(speculative_algorithm={sa.speculative_algorithm!r})"
+            )
+        tp = sa.tp_size
+        head_dim = mc.head_dim
+        if head_dim not in SUPPORTED_HEAD_DIMS:
+            raise ValueError(f"attention backend 'qwen1m' supports head_dim in {SUPPORTED_HEAD_DIMS}, got {head_dim}")
+        kv_dtype = model_runner.kv_cache_dtype
+        if kv_dtype not in SUPPORTED_KV_DTYPES:
+            raise ValueError(
+                f"attention backend 'qwen1m' supports KV cache dtypes {SUPPORTED_KV_DTYPES}, got {kv_dtype}"
+            )
+        shape = DCAShape(
+            num_qo_heads=mc.get_num_attention_heads(tp),
+            num_kv_heads=mc.get_num_kv_heads(tp),
+            head_dim=head_dim,
+            q_dtype=model_runner.dtype,
+            kv_dtype=kv_dtype,
+            sm_scale=head_dim**-0.5,
+        )
+        envs.SGLANG_FLASHINFER_WORKSPACE_SIZE.set(max(envs.SGLANG_FLASHINFER_WORKSPACE_SIZE.get(), _WORKSPACE_BYTES))
+        workspace = get_buffer(
+            "flashinfer_workspace",
+            lambda: torch.empty(envs.SGLANG_FLASHINFER_WORKSPACE_SIZE.get(), dtype=torch.uint8,
+                                device=model_runner.device),
+        )
+        self.attn = DCAAttention(shape, self.cfg, workspace)
+        self.req_to_token = model_runner.req_to_token_pool.req_to_token
+        self.token_to_kv_pool = model_runner.token_to_kv_pool
+        self.max_context_len = mc.context_len
+        self._graphs: dict[int, DecodeGraphState] = {}
+        self.forward_metadata: Union[_ExtendMeta, _DecodeMeta, None] = None
+        logger.info(
+            "qwen1m attention: %s, heads %d/%d, head_dim %d, chunk_len %s, YaRN original length %s",
+            "DCA" if self.cfg else "plain causal (no dual_chunk_attention_config)",
+            shape.num_qo_heads, shape.num_kv_heads, head_dim,
+            self.cfg.chunk_len if self.cfg else None,
+            self.cfg.original_max_position_embeddings if self.cfg else None,
+        )
+
+    # ---------------------------------------------------------------- metadata
+
+    def init_forward_metadata(self, forward_batch: "ForwardBatch") -> None:
+        """Eager path: plan once per batch from host ints."""
+        mode = forward_batch.forward_mode
+        if mode.is_idle():
+            self.forward_metadata = None
+        elif mode.is_decode():
+            self.forward_metadata = _DecodeMeta(self._plan_decode(forward_batch, None))
+        elif mode.is_target_verify() or mode.is_draft_extend_v2():
+            raise ValueError("attention backend 'qwen1m' does not support speculative decoding")
+        else:
+            self.forward_metadata = _ExtendMeta(self._plan_extend(forward_batch))
+
+    def _plan_extend(self, fb: "ForwardBatch") -> ExtendState:
+        prefix = fb.extend_prefix_lens_cpu
+        extend = fb.extend_seq_lens_cpu
+        if prefix is None or extend is None:
+            raise RuntimeError("qwen1m needs extend_prefix_lens_cpu/extend_seq_lens_cpu on extend batches")
+        spans = [RequestSpan(int(p), int(e)) for p, e in zip(prefix, extend)]
+        plan = plan_extend(spans, self.cfg)
+        scale = None
+        if self.cfg is not None and self.cfg.original_max_position_embeddings > 0:
+            lens = fb.orig_seq_lens if fb.orig_seq_lens is not None else fb.seq_lens
+            scale = yarn_logit_scale(lens[: len(spans)], self.cfg)
+        return self.attn.plan_extend(plan, self.req_to_token, fb.req_pool_indices, scale)
+
+    def _plan_decode(self, fb: "ForwardBatch", graph: Optional[DecodeGraphState]):
+        bs = fb.batch_size
+        seq_lens_cpu = fb.seq_lens_cpu
+        if seq_lens_cpu is None:
+            raise RuntimeError("qwen1m needs seq_lens_cpu on decode batches")
+        return self.attn.plan_decode(seq_lens_cpu[:bs].tolist(), self.req_to_token, fb.req_pool_indices[:bs], graph)
+
+    # ---------------------------------------------------------------- CUDA graphs (decode only)
+
+    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int) -> None:
+        self.attn.init_graph_buffers(max_bs, max_bs * self.max_context_len)
+
+    def init_forward_metadata_out_graph(self, forward_batch: "ForwardBatch", in_capture: bool = False) -> None:
+        mode = forward_batch.forward_mode
+        if not mode.is_decode_or_idle():
+            raise ValueError(f"qwen1m captures CUDA graphs for decode only, got forward mode {mode}")
+        bs = forward_batch.batch_size
+        if in_capture:
+            self._graphs[bs] = self.attn.make_graph_state(bs)
+        self.forward_metadata = _DecodeMeta(self._plan_decode(forward_batch, self._graphs[bs]))
+
+    def get_cuda_graph_seq_len_fill_value(self) -> int:
+        return 1
+
+    # ---------------------------------------------------------------- forward
+
+    def _save_kv(self, layer: "RadixAttention", fb: "ForwardBatch", k, v, save_kv_cache: bool) -> None:
+        if save_kv_cache and k is not None:
+            self.token_to_kv_pool.set_kv_buffer(layer, fb.out_cache_loc, k, v, layer.k_scale, layer.v_scale)
+
+    def forward_extend(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch",
+                       save_kv_cache: bool = True, **kwargs):
+        self._save_kv(layer, forward_batch, k, v, save_kv_cache)
+        kv = self.token_to_kv_pool.get_kv_buffer(layer.layer_id)
+        o = self.attn.run_extend(self.forward_metadata.state, q, kv)
+        return o.view(-1, layer.tp_q_head_num * layer.head_dim)
+
+    def forward_decode(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch",
+                       save_kv_cache: bool = True, **kwargs):
+        self._save_kv(layer, forward_batch, k, v, save_kv_cache)
+        kv = self.token_to_kv_pool.get_kv_buffer(layer.layer_id)
+        bs = q.shape[0]
+        o = self.attn.run_decode(self.forward_metadata.wrapper, q, kv, forward_batch.seq_lens[:bs])
+        return o.view(-1, layer.tp_q_head_num * layer.head_dim)

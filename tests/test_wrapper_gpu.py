@@ -1,0 +1,211 @@
+"""FlashInfer DCA wrapper against the fp32 oracle (needs CUDA + FlashInfer; skips cleanly otherwise).
+
+A fake SGLang KV pool: random K/V in slots, a ``req_to_token`` table mapping request positions to shuffled
+slots. Errors are relative RMS ``||out - ref|| / ||ref||``; bf16 must stay <= 1e-2.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+flashinfer = pytest.importorskip("flashinfer")
+
+from sgl_qwen1m.attention.dca import RequestSpan, plan_extend, yarn_logit_scale  # noqa: E402
+from sgl_qwen1m.attention.reference import dca_attention_ref  # noqa: E402
+from sgl_qwen1m.attention.wrapper import DCAAttention, DCAShape  # noqa: E402
+from sgl_qwen1m.config import DCAConfig  # noqa: E402
+
+DEV = torch.device("cuda")
+TOL = 1e-2
+_WS = {}
+
+
+def _workspace() -> torch.Tensor:
+    if "ws" not in _WS:
+        _WS["ws"] = torch.zeros(512 * 1024 * 1024, dtype=torch.uint8, device=DEV)
+    return _WS["ws"]
+
+
+def rel_rms(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.float(), ref.float()
+    assert torch.isfinite(out).all(), "non-finite output"
+    return ((out - ref).norm() / ref.norm()).item()
+
+
+@dataclass
+class Pool:
+    k: torch.Tensor  # [N, Hkv, D]
+    v: torch.Tensor
+    req_to_token: torch.Tensor  # [R, max_len] int32
+    lens: list[int]
+
+
+def make_pool(lens: list[int], hkv: int, d: int, share_prefix: int = 0, seed: int = 0) -> Pool:
+    """Random KV; request r's positions map to shuffled slots. ``share_prefix`` tokens are shared (radix hit)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    total = sum(lens) - share_prefix * (len(lens) - 1)
+    slots = torch.randperm(total + 7, generator=g)[:total] + 1  # slot 0 left unused, as in SGLang
+    r2t = torch.zeros(len(lens), max(lens), dtype=torch.int32)
+    off = 0
+    for r, n in enumerate(lens):
+        if r > 0 and share_prefix:
+            r2t[r, :share_prefix] = r2t[0, :share_prefix]
+            own = n - share_prefix
+            r2t[r, share_prefix:n] = slots[off : off + own].int()
+            off += own
+        else:
+            r2t[r, :n] = slots[off : off + n].int()
+            off += n
+    n_slots = total + 8
+    k = torch.randn(n_slots, hkv, d, generator=g).to(torch.bfloat16)
+    v = torch.randn(n_slots, hkv, d, generator=g).to(torch.bfloat16)
+    return Pool(k.to(DEV), v.to(DEV), r2t.to(DEV), lens)
+
+
+def run_case(cfg, spans, h, hkv, d=128, share_prefix=0, orig_lens=None, seed=0, sample_rows=None):
+    lens = [s.seq_len for s in spans]
+    pool = make_pool(lens, hkv, d, share_prefix, seed)
+    t = sum(s.extend_len for s in spans)
+    g = torch.Generator(device="cpu").manual_seed(seed + 1)
+    q5 = torch.randn(t, 5, h, d, generator=g).to(torch.bfloat16).to(DEV)
+    shape = DCAShape(h, hkv, d, torch.bfloat16, torch.bfloat16, d**-0.5)
+    attn = DCAAttention(shape, cfg, _workspace())
+    orig = torch.tensor(orig_lens or lens, device=DEV)
+    scale = yarn_logit_scale(orig, cfg) if cfg is not None and cfg.original_max_position_embeddings else None
+    state = attn.plan_extend(plan_extend(spans, cfg), pool.req_to_token, torch.arange(len(spans), device=DEV), scale)
+    out = attn.run_extend(state, q5.view(t, -1), (pool.k, pool.v))
+    row = 0
+    worst = 0.0
+    for r, s in enumerate(spans):
+        rows = torch.arange(row, row + s.extend_len, device=DEV)
+        if sample_rows is not None and s.extend_len > sample_rows:
+            pick = torch.randperm(s.extend_len, generator=g)[:sample_rows].to(DEV)
+            rows = rows[pick]
+        slots = pool.req_to_token[r, : s.seq_len].long()
+        pos = rows - row + s.prefix_len
+        ls = float(scale[r]) if scale is not None else 1.0
+        ref, _ = dca_attention_ref(q5[rows], pool.k[slots], pool.v[slots], pos, cfg.chunk_len if cfg else None,
+                                   d**-0.5, ls, block=16)
+        worst = max(worst, rel_rms(out[rows], ref))
+        row += s.extend_len
+    return worst
+
+
+SMALL = DCAConfig(chunk_size=576, local_size=64)  # chunk_len 512: boundaries at 512, 1024, 1536
+
+
+@pytest.mark.parametrize("boundaries", [0, 1, 2, 3])
+@pytest.mark.parametrize("h,hkv", [(4, 4), (28, 4)])
+def test_prefill_matches_reference(boundaries, h, hkv):
+    n = 512 * boundaries + 300
+    assert run_case(SMALL, [RequestSpan(0, n)], h, hkv) <= TOL
+
+
+def test_mixed_batch_chunked_and_prefix_hit():
+    spans = [RequestSpan(0, 77), RequestSpan(700, 900), RequestSpan(1000, 1), RequestSpan(1530, 40), RequestSpan(0, 1800)]
+    assert run_case(SMALL, spans, 28, 4, seed=3) <= TOL
+
+
+def test_shared_prefix_radix_hit():
+    spans = [RequestSpan(0, 1100), RequestSpan(1100, 500)]  # second request reuses the first's 1100-token prefix
+    assert run_case(SMALL, spans, 28, 4, share_prefix=1100, seed=4) <= TOL
+
+
+def test_yarn_scale_applied():
+    cfg = DCAConfig(chunk_size=576, local_size=64, original_max_position_embeddings=600)
+    # a 1,700-token chunk of a 4,000-token prompt: scale from the full prompt length
+    assert run_case(cfg, [RequestSpan(300, 1400)], 28, 4, orig_lens=[4000], seed=5) <= TOL
+
+
+def test_no_dca_config_is_plain_causal():
+    assert run_case(None, [RequestSpan(0, 900), RequestSpan(100, 50)], 28, 4, seed=6) <= TOL
+
+
+def _decode_case(cfg, lens, h=28, hkv=4, d=128, seed=7, graph=False):
+    pool = make_pool(lens, hkv, d, seed=seed)
+    g = torch.Generator(device="cpu").manual_seed(seed + 1)
+    b = len(lens)
+    q5 = torch.randn(b, 5, h, d, generator=g).to(torch.bfloat16).to(DEV)
+    attn = DCAAttention(DCAShape(h, hkv, d, torch.bfloat16, torch.bfloat16, d**-0.5), cfg, _workspace())
+    seq = torch.tensor(lens, device=DEV)
+    rpi = torch.arange(b, device=DEV)
+    if graph:
+        attn.init_graph_buffers(b, b * max(lens))
+        gs = attn.make_graph_state(b)
+        wrapper = attn.plan_decode(lens, pool.req_to_token, rpi, gs)
+        q_static, seq_static = q5.view(b, -1).clone(), seq.clone()
+        attn.run_decode(wrapper, q_static, (pool.k, pool.v), seq_static)  # warm-up
+        cg = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(cg):
+            out_static = attn.run_decode(wrapper, q_static, (pool.k, pool.v), seq_static)
+        # replay with different lengths (fewer tokens) and queries
+        lens = [max(1, n - 37 * (i + 1)) for i, n in enumerate(lens)]
+        seq_static.copy_(torch.tensor(lens, device=DEV))
+        q5 = torch.randn(b, 5, h, d, generator=g).to(torch.bfloat16).to(DEV)
+        q_static.copy_(q5.view(b, -1))
+        attn.plan_decode(lens, pool.req_to_token, rpi, gs)
+        cg.replay()
+        out = out_static
+    else:
+        wrapper = attn.plan_decode(lens, pool.req_to_token, rpi)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out = attn.run_decode(wrapper, q5.view(b, -1), (pool.k, pool.v), seq)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    worst = 0.0
+    for i, n in enumerate(lens):
+        slots = pool.req_to_token[i, :n].long()
+        ls = float(yarn_logit_scale(torch.tensor([n]), cfg)[0]) if cfg else 1.0
+        ref, _ = dca_attention_ref(q5[i : i + 1], pool.k[slots], pool.v[slots], torch.tensor([n - 1], device=DEV),
+                                   cfg.chunk_len if cfg else None, d**-0.5, ls)
+        worst = max(worst, rel_rms(out[i : i + 1], ref))
+    return worst
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_decode_matches_reference(graph):
+    cfg = DCAConfig(chunk_size=576, local_size=64, original_max_position_embeddings=700)
+    lens = [1, 300, 512, 513, 1024, 1025, 1600, 2100]  # 0..4 DCA chunks, placeholders and YaRN scaling
+    assert _decode_case(cfg, lens, graph=graph) <= TOL
+
+
+def test_extend_run_has_no_host_sync():
+    spans = [RequestSpan(0, 1300), RequestSpan(600, 200)]
+    cfg = DCAConfig(chunk_size=576, local_size=64, original_max_position_embeddings=600)
+    pool = make_pool([s.seq_len for s in spans], 4, 128)
+    attn = DCAAttention(DCAShape(28, 4, 128, torch.bfloat16, torch.bfloat16, 128**-0.5), cfg, _workspace())
+    scale = yarn_logit_scale(torch.tensor([1300, 800], device=DEV), cfg)
+    state = attn.plan_extend(plan_extend(spans, cfg), pool.req_to_token, torch.arange(2, device=DEV), scale)
+    q5 = torch.randn(1500, 5 * 28 * 128, device=DEV, dtype=torch.bfloat16)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        attn.run_extend(state, q5, (pool.k, pool.v))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.slow
+def test_real_config_600k():
+    """Qwen2.5-7B-1M geometry (chunk 262144 / local 8192, GQA 7:1) on a 600K-token sequence.
+
+    The last 4,096 tokens of a 604K prompt (2 DCA boundaries behind them, YaRN s=1.08) are prefilled as one
+    chunked-prefill step over a 600K cached prefix, plus a chunk straddling the 507,904 boundary; 64 sampled
+    query rows per chunk are checked against the fp32 oracle.
+    """
+    cfg = DCAConfig(chunk_size=262144, local_size=8192, original_max_position_embeddings=262144)
+    n = 604_000
+    spans = [RequestSpan(n - 4096, 4096)]
+    assert run_case(cfg, spans, 28, 4, seed=11, sample_rows=64) <= TOL
+    b = 2 * cfg.chunk_len
+    spans = [RequestSpan(b - 1000, 3000)]
+    assert run_case(cfg, spans, 28, 4, orig_lens=[n], seed=12, sample_rows=64) <= TOL
+    assert _decode_case(cfg, [n, b, b + 1, 300_000], seed=13) <= TOL
