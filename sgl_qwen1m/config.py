@@ -187,13 +187,20 @@ class SparseBudgets:
             expected = num_heads if num_heads is not None else len(layer)
             keys = sorted(layer, key=lambda k: int(k) if str(k).lstrip("-").isdigit() else -1)
             if [str(k) for k in keys] != [str(h) for h in range(expected)]:
+                got, want = [str(k) for k in layer], {str(h) for h in range(expected)}
+                missing = sorted(want - set(got), key=int)
+                unexpected = sorted({k for k in got if k not in want or got.count(k) > 1})
                 raise ConfigError(
-                    f"{where}[{li}] has heads {[str(k) for k in keys][:8]}... ({len(layer)} entries); "
-                    f"expected heads 0..{expected - 1} (num_attention_heads={expected})"
+                    f"{where}[{li}] has {len(layer)} head entries; expected heads 0..{expected - 1} "
+                    f"(num_attention_heads={expected}): missing {missing[:8]}, unexpected/duplicate {unexpected[:8]}"
                 )
             layers.append(tuple(_parse_head(layer[k], f"{where}[{li}][{k!r}]") for k in keys))
-        if layers and len({len(l) for l in layers}) != 1:
-            raise ConfigError(f"{where}: layers have different head counts {sorted({len(l) for l in layers})}")
+        for li, layer in enumerate(layers):
+            if len(layer) != len(layers[0]):
+                raise ConfigError(
+                    f"{where}: layers have different head counts {sorted({len(l) for l in layers})}; "
+                    f"{where}[{li}] has {len(layer)} heads but {where}[0] has {len(layers[0])}"
+                )
         return cls(heads=tuple(layers))
 
     @classmethod
@@ -210,7 +217,9 @@ class SparseBudgets:
 
     def for_tp_rank(self, tp_rank: int, tp_size: int) -> "SparseBudgets":
         """The slice of query heads that tensor-parallel rank ``tp_rank`` of ``tp_size`` owns."""
-        if tp_size <= 0 or not 0 <= tp_rank < tp_size:
+        if tp_size <= 0:
+            raise ConfigError(f"tp_size={tp_size} is invalid: tp_size must be >= 1")
+        if not 0 <= tp_rank < tp_size:
             raise ConfigError(f"tp_rank must be in [0, tp_size={tp_size}), got {tp_rank}")
         if self.num_heads % tp_size:
             raise ConfigError(f"num_heads={self.num_heads} is not divisible by tp_size={tp_size}")

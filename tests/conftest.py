@@ -1,0 +1,38 @@
+"""Shared test setup: import path, deterministic seeding, hypothesis profile."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+# CI-friendly: no per-example deadline (CPU torch start-up is noisy), fixed example budget.
+settings.register_profile(
+    "sgl_qwen1m", deadline=None, max_examples=120, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "sgl_qwen1m"))
+
+# Tests use tiny tensors; intra-op threads only add OpenMP spin-wait overhead, which explodes (>10x) when the
+# CPU is shared with other jobs. Override with SGL_QWEN1M_TEST_THREADS.
+torch.set_num_threads(int(os.environ.get("SGL_QWEN1M_TEST_THREADS", "1")))
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    """Every test starts from the same RNG state, so random tensors are reproducible."""
+    random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def gen() -> torch.Generator:
+    """A private seeded generator for tests that draw many tensors."""
+    return torch.Generator().manual_seed(1234)
