@@ -406,26 +406,26 @@ def test_plan_decode_fixed_shape_and_agrees_with_extend(batch):
     segs = plan_decode(seq_lens, cfg)
     assert len(segs) == 3 * B
     valid = decode_stage_valid(torch.tensor(seq_lens), cfg)
-    assert valid.dtype == torch.bool and valid.shape == (3, B)
+    assert valid.dtype == torch.bool and valid.shape == (B, 3)
 
     # the same batch as a 1-token extend per request: same rows (q_start = i), same real segments
     ext = plan_extend([RequestSpan(n - 1, 1) for n in seq_lens], cfg)
     real = {(int(s.stage), s.req): s for s in ext.intra + ext.cross}
     for s_idx in range(3):
         for i in range(B):
-            seg = segs[s_idx * B + i]
+            seg = segs[3 * i + s_idx]  # request-major
             assert (int(seg.stage), seg.req, seg.q_start, seg.q_len) == (s_idx, i, i, 1)
-            assert bool(valid[s_idx, i]) == ((s_idx, i) in real)
-            if valid[s_idx, i]:
+            assert bool(valid[i, s_idx]) == ((s_idx, i) in real)
+            if valid[i, s_idx]:
                 assert seg == real[(s_idx, i)]
             else:
                 assert (seg.kv_start, seg.kv_len) == (0, 1), "placeholder must read one valid key"
-    assert bool(valid[0].all()), "every decode token has intra keys (at least itself)"
+    assert bool(valid[:, 0].all()), "every decode token has intra keys (at least itself)"
     if cfg is None:
-        assert not bool(valid[1:].any())
+        assert not bool(valid[:, 1:].any())
     else:
         chunk = [(n - 1) // cfg.chunk_len for n in seq_lens]
-        assert valid.tolist() == [[ch >= s for ch in chunk] for s in range(3)]
+        assert valid.tolist() == [[ch >= s for s in range(3)] for ch in chunk]
 
 
 def test_plan_decode_hand_example():
@@ -433,17 +433,18 @@ def test_plan_decode_hand_example():
     segs = plan_decode([1, 5, 6, 11, 16], cfg)
     I, S, X = Stage.INTRA, Stage.SUCC, Stage.INTER
     assert segs == (
-        Segment(0, I, 0, 1, 0, 1), Segment(1, I, 1, 1, 0, 5), Segment(2, I, 2, 1, 5, 1),
-        Segment(3, I, 3, 1, 10, 1), Segment(4, I, 4, 1, 15, 1),
-        Segment(0, S, 0, 1, 0, 1), Segment(1, S, 1, 1, 0, 1), Segment(2, S, 2, 1, 0, 5),
-        Segment(3, S, 3, 1, 5, 5), Segment(4, S, 4, 1, 10, 5),
-        Segment(0, X, 0, 1, 0, 1), Segment(1, X, 1, 1, 0, 1), Segment(2, X, 2, 1, 0, 1),
-        Segment(3, X, 3, 1, 0, 5), Segment(4, X, 4, 1, 0, 10),
+        Segment(0, I, 0, 1, 0, 1), Segment(0, S, 0, 1, 0, 1), Segment(0, X, 0, 1, 0, 1),
+        Segment(1, I, 1, 1, 0, 5), Segment(1, S, 1, 1, 0, 1), Segment(1, X, 1, 1, 0, 1),
+        Segment(2, I, 2, 1, 5, 1), Segment(2, S, 2, 1, 0, 5), Segment(2, X, 2, 1, 0, 1),
+        Segment(3, I, 3, 1, 10, 1), Segment(3, S, 3, 1, 5, 5), Segment(3, X, 3, 1, 0, 5),
+        Segment(4, I, 4, 1, 15, 1), Segment(4, S, 4, 1, 10, 5), Segment(4, X, 4, 1, 0, 10),
     )  # fmt: skip
     assert decode_stage_valid(torch.tensor([1, 5, 6, 11, 16]), cfg).tolist() == [
-        [True] * 5,
-        [False, False, True, True, True],
-        [False, False, False, True, True],
+        [True, False, False],
+        [True, False, False],
+        [True, True, False],
+        [True, True, True],
+        [True, True, True],
     ]
 
 
@@ -540,7 +541,7 @@ def test_gather_decode_plan_with_placeholders(gen):
     res = gather_kv_indices(st_, table, pool_idx, out=out)
     assert torch.equal(res, _expected_kv(segs, table, pool_idx))
     B = len(seq_lens)
-    assert st_.q_rows.tolist() == [i * NUM_Q_VARIANTS + s for s in range(3) for i in range(B)]
+    assert st_.q_rows.tolist() == [i * NUM_Q_VARIANTS + s for i in range(B) for s in range(3)]
 
 
 def test_gather_empty_segment_list():

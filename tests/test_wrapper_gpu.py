@@ -34,9 +34,12 @@ def _workspace() -> torch.Tensor:
 
 
 def rel_rms(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Relative RMS error; printed so that ``pytest -rP`` records every measured value."""
     out, ref = out.float(), ref.float()
     assert torch.isfinite(out).all(), "non-finite output"
-    return ((out - ref).norm() / ref.norm()).item()
+    err = ((out - ref).norm() / ref.norm()).item()
+    print(f"rel_rms={err:.2e} rows={out.shape[0]}")
+    return err
 
 
 @dataclass
@@ -141,10 +144,10 @@ def _decode_case(cfg, lens, h=28, hkv=4, d=128, seed=7, graph=False):
         gs = attn.make_graph_state(b)
         wrapper = attn.plan_decode(lens, pool.req_to_token, rpi, gs)
         q_static, seq_static = q5.view(b, -1).clone(), seq.clone()
-        attn.run_decode(wrapper, q_static, (pool.k, pool.v), seq_static)  # warm-up
+        attn.run_decode(wrapper, q_static, (pool.k, pool.v), attn.decode_step(seq_static))  # warm-up
         cg = torch.cuda.CUDAGraph()
         with torch.cuda.graph(cg):
-            out_static = attn.run_decode(wrapper, q_static, (pool.k, pool.v), seq_static)
+            out_static = attn.run_decode(wrapper, q_static, (pool.k, pool.v), attn.decode_step(seq_static))
         # replay with different lengths (fewer tokens) and queries
         lens = [max(1, n - 37 * (i + 1)) for i, n in enumerate(lens)]
         seq_static.copy_(torch.tensor(lens, device=DEV))
@@ -155,9 +158,10 @@ def _decode_case(cfg, lens, h=28, hkv=4, d=128, seed=7, graph=False):
         out = out_static
     else:
         wrapper = attn.plan_decode(lens, pool.req_to_token, rpi)
+        step = attn.decode_step(seq)
         torch.cuda.set_sync_debug_mode("error")
         try:
-            out = attn.run_decode(wrapper, q5.view(b, -1), (pool.k, pool.v), seq)
+            out = attn.run_decode(wrapper, q5.view(b, -1), (pool.k, pool.v), step)
         finally:
             torch.cuda.set_sync_debug_mode("default")
     worst = 0.0

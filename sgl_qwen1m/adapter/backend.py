@@ -19,7 +19,7 @@ from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 from sglang.srt.runtime_context import get_buffer
 
 from sgl_qwen1m.attention.dca import RequestSpan, plan_extend, yarn_logit_scale
-from sgl_qwen1m.attention.wrapper import DCAAttention, DCAShape, DecodeGraphState, ExtendState
+from sgl_qwen1m.attention.wrapper import DCAAttention, DCAShape, DecodeGraphState, DecodeStep, ExtendState
 from sgl_qwen1m.config import DCAConfig
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ class _ExtendMeta:
 @dataclass
 class _DecodeMeta:
     wrapper: "BatchDecodeWithPagedKVCacheWrapper"
+    step: Optional[DecodeStep] = None  # per-step tensors, built in init_forward_metadata_in_graph
 
 
 class Qwen1MAttnBackend(AttentionBackend):
@@ -104,6 +105,7 @@ class Qwen1MAttnBackend(AttentionBackend):
             self.forward_metadata = None
         elif mode.is_decode():
             self.forward_metadata = _DecodeMeta(self._plan_decode(forward_batch, None))
+            self.init_forward_metadata_in_graph(forward_batch)
         elif mode.is_target_verify() or mode.is_draft_extend_v2():
             raise ValueError("attention backend 'qwen1m' does not support speculative decoding")
         else:
@@ -143,6 +145,12 @@ class Qwen1MAttnBackend(AttentionBackend):
             self._graphs[bs] = self.attn.make_graph_state(bs)
         self.forward_metadata = _DecodeMeta(self._plan_decode(forward_batch, self._graphs[bs]))
 
+    def init_forward_metadata_in_graph(self, forward_batch: "ForwardBatch") -> None:
+        """Per-step decode tensors (YaRN scale, stage mask): once per step, recorded into the CUDA graph."""
+        meta = self.forward_metadata
+        if isinstance(meta, _DecodeMeta):
+            meta.step = self.attn.decode_step(forward_batch.seq_lens[: forward_batch.batch_size])
+
     def get_cuda_graph_seq_len_fill_value(self) -> int:
         return 1
 
@@ -163,6 +171,6 @@ class Qwen1MAttnBackend(AttentionBackend):
                        save_kv_cache: bool = True, **kwargs):
         self._save_kv(layer, forward_batch, k, v, save_kv_cache)
         kv = self.token_to_kv_pool.get_kv_buffer(layer.layer_id)
-        bs = q.shape[0]
-        o = self.attn.run_decode(self.forward_metadata.wrapper, q, kv, forward_batch.seq_lens[:bs])
+        meta = self.forward_metadata
+        o = self.attn.run_decode(meta.wrapper, q, kv, meta.step)
         return o.view(-1, layer.tp_q_head_num * layer.head_dim)

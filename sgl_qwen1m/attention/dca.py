@@ -194,33 +194,27 @@ def plan_extend(spans: Sequence[RequestSpan], cfg: Optional[DCAConfig]) -> DCAPl
 
 
 def plan_decode(seq_lens: Sequence[int], cfg: Optional[DCAConfig]) -> tuple[Segment, ...]:
-    """Fixed-shape decode plan for CUDA graphs: exactly ``3 * B`` segments, stage-major.
+    """Fixed-shape decode plan for CUDA graphs: exactly ``3 * B`` segments, request-major.
 
-    Segment ``s * B + i`` is stage ``s`` of request ``i``. A stage a request does not have (its token is in
-    DCA chunk 0 or 1) gets a one-key placeholder (key 0) whose result the merge discards; see
-    :func:`decode_stage_valid`.
+    Segment ``3 * i + s`` is stage ``s`` of request ``i``, so the kernel's ``[3B, H, D]`` output views as
+    ``[B, 3, H, D]`` for the merge without a copy. A stage a request does not have (its token is in DCA chunk 0
+    or 1) gets a one-key placeholder (key 0) whose result the merge discards; see :func:`decode_stage_valid`.
     """
     c = _chunk_len(cfg)
     segs: list[Segment] = []
-    for stage in Stage:
-        for i, n in enumerate(seq_lens):
-            if n < 1:
-                raise ValueError(f"request {i}: decode needs seq_len >= 1, got {n}")
-            chunk = (n - 1) // c if c else 0
-            lo = chunk * c if c else 0
-            if stage == Stage.INTRA:
-                segs.append(Segment(i, stage, i, 1, lo, n - lo))
-            elif stage == Stage.SUCC and chunk >= 1:
-                segs.append(Segment(i, stage, i, 1, lo - c, c))
-            elif stage == Stage.INTER and chunk >= 2:
-                segs.append(Segment(i, stage, i, 1, 0, lo - c))
-            else:
-                segs.append(Segment(i, stage, i, 1, 0, 1))
+    for i, n in enumerate(seq_lens):
+        if n < 1:
+            raise ValueError(f"request {i}: decode needs seq_len >= 1, got {n}")
+        chunk = (n - 1) // c if c else 0
+        lo = chunk * c if c else 0
+        segs.append(Segment(i, Stage.INTRA, i, 1, lo, n - lo))
+        segs.append(Segment(i, Stage.SUCC, i, 1, lo - c, c) if chunk >= 1 else Segment(i, Stage.SUCC, i, 1, 0, 1))
+        segs.append(Segment(i, Stage.INTER, i, 1, 0, lo - c) if chunk >= 2 else Segment(i, Stage.INTER, i, 1, 0, 1))
     return tuple(segs)
 
 
 def decode_stage_valid(seq_lens: torch.Tensor, cfg: Optional[DCAConfig]) -> torch.Tensor:
-    """``[3, B]`` bool: which decode stages are real (graph-safe, computed on the device of ``seq_lens``)."""
+    """``[B, 3]`` bool: which decode stages are real (graph-safe, computed on the device of ``seq_lens``)."""
     chunk = (seq_lens.long() - 1) // cfg.chunk_len if cfg is not None else torch.zeros_like(seq_lens.long())
-    stages = torch.arange(3, device=seq_lens.device).view(3, 1)
-    return chunk.view(1, -1) >= stages
+    stages = torch.arange(3, device=seq_lens.device).view(1, 3)
+    return chunk.view(-1, 1) >= stages

@@ -21,7 +21,12 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
-from flashinfer import BatchDecodeWithPagedKVCacheWrapper, BatchPrefillWithPagedKVCacheWrapper, merge_state
+from flashinfer import (
+    BatchDecodeWithPagedKVCacheWrapper,
+    BatchPrefillWithPagedKVCacheWrapper,
+    merge_state,
+    merge_states,
+)
 
 from sgl_qwen1m.attention.dca import (
     NUM_Q_VARIANTS,
@@ -34,7 +39,7 @@ from sgl_qwen1m.attention.dca import (
 from sgl_qwen1m.attention.indices import SegmentTensors, gather_kv_indices, segment_tensors
 from sgl_qwen1m.config import DCAConfig
 
-__all__ = ["DCAShape", "ExtendState", "DCAAttention", "DecodeGraphState"]
+__all__ = ["DCAShape", "ExtendState", "DecodeStep", "DCAAttention", "DecodeGraphState"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,14 @@ class ExtendState:
     inter_tokens: Optional[torch.Tensor]  # [Ni] int64 token row of each inter query row
     token_scale: Optional[torch.Tensor]  # [T] float32 YaRN logit multiplier, None when all 1
     cross_scale: Optional[torch.Tensor]  # [Ns + Ni] float32
+
+
+@dataclass
+class DecodeStep:
+    """Per-step decode tensors shared by every layer (graph-safe to build: pure device ops on ``seq_lens``)."""
+
+    q_scale: torch.Tensor  # [B, 1, 1, 1] YaRN logit multiplier, in the query dtype
+    lse_bias: torch.Tensor  # [B, 3, 1] float32: 0 for real stages, -inf for placeholders
 
 
 @dataclass
@@ -235,21 +248,33 @@ class DCAAttention:
                      q_data_type=s.q_dtype, kv_data_type=s.kv_dtype, sm_scale=s.sm_scale)
         return wrapper
 
+    def decode_step(self, seq_lens: torch.Tensor) -> DecodeStep:
+        """Per-step tensors of a decode batch; call once per step (inside the CUDA graph), not per layer.
+
+        ``seq_lens``: ``[B]`` device sequence lengths including the new token.
+        """
+        b = seq_lens.shape[0]
+        q_scale = yarn_logit_scale(seq_lens, self.cfg).to(self.shape.q_dtype).view(b, 1, 1, 1)
+        valid = decode_stage_valid(seq_lens, self.cfg)  # [B, 3]
+        lse_bias = torch.zeros(b, 3, 1, dtype=torch.float32, device=seq_lens.device)
+        lse_bias.masked_fill_(~valid.unsqueeze(-1), float("-inf"))
+        return DecodeStep(q_scale, lse_bias)
+
     def run_decode(
         self,
         wrapper: BatchDecodeWithPagedKVCacheWrapper,
         q5: torch.Tensor,
         kv_cache: tuple[torch.Tensor, torch.Tensor],
-        seq_lens: torch.Tensor,
+        step: DecodeStep,
     ) -> torch.Tensor:
-        """One decode step for one layer; static shapes and no host sync (CUDA-graph safe).
+        """One decode step for one layer: 3 kernels around the attention call, static shapes, no host sync.
 
         Parameters
         ----------
         q5 : torch.Tensor
             ``[B, 5 * H * D]`` (or ``[B, H * D]`` without DCA).
-        seq_lens : torch.Tensor
-            ``[B]`` device sequence lengths including the new token (sets YaRN scale and valid stages).
+        step : DecodeStep
+            From :meth:`decode_step` for this batch.
 
         Returns
         -------
@@ -257,14 +282,12 @@ class DCAAttention:
             ``[B, H, D]``.
         """
         h, d = self.shape.num_qo_heads, self.shape.head_dim
-        b = seq_lens.shape[0]
+        b = q5.shape[0]
         q_all = q5.view(b, -1, h, d)
         if q_all.shape[1] == 1:
             q_all = q_all.expand(b, 3, h, d)
-        scale = yarn_logit_scale(seq_lens, self.cfg).to(q5.dtype)  # [B]
-        q = (q_all[:, :3] * scale.view(b, 1, 1, 1)).transpose(0, 1).reshape(3 * b, h, d)  # [3B, H, D]
-        o, lse = wrapper.run(q, kv_cache, return_lse=True)  # [3B,H,D], [3B,H] base 2
-        valid = decode_stage_valid(seq_lens, self.cfg).view(3, b, 1)  # [3, B, 1]
-        lse = lse.view(3, b, h).masked_fill(~valid, float("-inf"))
-        w = torch.softmax(lse * 0.6931471805599453, dim=0)  # base-2 LSE -> natural, weights over stages
-        return (o.view(3, b, h, d).float() * w.unsqueeze(-1)).sum(0).to(q5.dtype)
+        q = (q_all[:, :3] * step.q_scale).view(3 * b, h, d)  # [3B, H, D] request-major
+        o, lse = wrapper.run(q, kv_cache, return_lse=True)  # [3B, H, D], [3B, H] base 2
+        lse = lse.view(b, 3, h) + step.lse_bias  # placeholders -> -inf
+        out, _ = merge_states(o.view(b, 3, h, d), lse)
+        return out

@@ -1,0 +1,134 @@
+"""Which attention backend and which dummy-weight model directory each benchmark backend name means.
+
+=========================  =========================  ======================================  =======
+name                       ``--attention-backend``    model directory                         decode
+=========================  =========================  ======================================  =======
+``flashinfer``             ``flashinfer``             plain Qwen2.5 shape (no DCA config)     yes
+``dual_chunk_flash_attn``  ``dual_chunk_flash_attn``  1M shape with the sparse budgets        no [1]
+``qwen1m-dense``           ``qwen1m``                 1M shape, ``sparse_attention_enabled``  yes
+                                                      false, no budgets file
+``qwen1m-sparse``          ``qwen1m``                 1M shape with the sparse budgets        yes
+=========================  =========================  ======================================  =======
+
+[1] SGLang's in-tree DCA backend needs FA3 (``flash_ops``) for decode and for dense (below 32K-token) prefill;
+the offline GPU bundle ships without it, so only its sparse prefill is timed.
+
+The directories hold only ``config.json`` (and ``sparse_attention_config.json``); weights are random
+(``load_format="dummy"``). Copies of shared/gpu/models live in ``benchmarks/models/`` so the GPU host, which only
+gets the repository, has them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+__all__ = [
+    "BackendSpec",
+    "SPECS",
+    "repo_root",
+    "default_model_dirs",
+    "parse_backends",
+    "prepare_model_dir",
+]
+
+SPARSE_FILE = "sparse_attention_config.json"
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """One benchmark backend: SGLang attention backend, model kind and capabilities."""
+
+    name: str
+    attention_backend: str
+    uses_dca_model: bool
+    sparse: Optional[bool]  # None: the model directory as it is
+    decode: bool = True
+    min_prompt_tokens: int = 1  # shorter prompts are known not to run (dual_chunk_flash_attn: dense needs FA3)
+
+
+SPECS: dict[str, BackendSpec] = {
+    s.name: s
+    for s in (
+        BackendSpec("flashinfer", "flashinfer", uses_dca_model=False, sparse=None),
+        BackendSpec(
+            "dual_chunk_flash_attn",
+            "dual_chunk_flash_attn",
+            uses_dca_model=True,
+            sparse=True,
+            decode=False,
+            min_prompt_tokens=32769,
+        ),
+        BackendSpec("qwen1m-dense", "qwen1m", uses_dca_model=True, sparse=False),
+        BackendSpec("qwen1m-sparse", "qwen1m", uses_dca_model=True, sparse=True),
+    )
+}
+
+
+def repo_root() -> Path:
+    """The checkout this package runs from (has ``benchmarks/models``), else the current directory."""
+    here = Path(__file__).resolve().parents[2]
+    return here if (here / "benchmarks" / "models").is_dir() else Path.cwd()
+
+
+def default_model_dirs() -> dict[str, Path]:
+    """``{"shape": plain 7B dir, "dca": 7B-1M dir}`` under ``benchmarks/models``."""
+    base = repo_root() / "benchmarks" / "models"
+    return {"shape": base / "qwen2.5-7b-shape", "dca": base / "qwen2.5-7b-1m-shape"}
+
+
+def parse_backends(text: str) -> list[str]:
+    """``"flashinfer,qwen1m-dense"`` -> names, each checked against ``SPECS``; order kept, duplicates dropped."""
+    names: list[str] = []
+    for raw in text.split(","):
+        name = raw.strip()
+        if not name:
+            continue
+        if name not in SPECS:
+            raise ValueError(f"unknown backend {name!r}; choose from {', '.join(SPECS)}")
+        if name not in names:
+            names.append(name)
+    if not names:
+        raise ValueError("no backend given")
+    return names
+
+
+def prepare_model_dir(spec: BackendSpec, shape_dir: Path, dca_dir: Path, work_dir: Optional[Path] = None) -> Path:
+    """The model directory to start ``spec`` with; a dense variant is written under ``work_dir`` when needed.
+
+    * no DCA model: ``shape_dir`` (must lack ``dual_chunk_attention_config``);
+    * ``sparse=True``: ``dca_dir`` (must hold the budgets file, so SGLang injects and enables it);
+    * ``sparse=False``: a copy of ``dca_dir/config.json`` with ``sparse_attention_enabled: false`` and no
+      budgets file, so neither SGLang nor ``sgl_qwen1m.config.DCAConfig`` turns sparse prefill on.
+    """
+    if not spec.uses_dca_model:
+        cfg = json.loads((shape_dir / "config.json").read_text())
+        if "dual_chunk_attention_config" in cfg:
+            raise ValueError(f"{shape_dir} has dual_chunk_attention_config; backend {spec.name} needs a plain shape")
+        return shape_dir
+    cfg = json.loads((dca_dir / "config.json").read_text())
+    if "dual_chunk_attention_config" not in cfg:
+        raise ValueError(f"{dca_dir}/config.json lacks dual_chunk_attention_config (needed by {spec.name})")
+    if spec.sparse is None:
+        return dca_dir
+    if spec.sparse:
+        if not (dca_dir / SPARSE_FILE).exists():
+            raise ValueError(f"{dca_dir} has no {SPARSE_FILE}; backend {spec.name} needs the sparse budgets")
+        if cfg["dual_chunk_attention_config"].get("sparse_attention_enabled") is False:
+            raise ValueError(f"{dca_dir}/config.json disables sparse attention; backend {spec.name} needs it on")
+        return dca_dir
+    out = Path(work_dir or tempfile.mkdtemp(prefix="sgl_qwen1m_bench_")) / f"{dca_dir.name}-dense"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    cfg["dual_chunk_attention_config"] = dict(cfg["dual_chunk_attention_config"], sparse_attention_enabled=False)
+    cfg["dual_chunk_attention_config"].pop("sparse_attention_config", None)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    for extra in dca_dir.iterdir():  # keep e.g. generation_config.json, never the budgets
+        if extra.is_file() and extra.name not in ("config.json", SPARSE_FILE):
+            shutil.copy2(extra, out / extra.name)
+    return out

@@ -1,0 +1,268 @@
+"""Command line of ``python -m sgl_qwen1m.bench``: ``e2e``, ``serve-smoke``, ``plot``, ``plan``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from .backends import SPECS, default_model_dirs, parse_backends
+from .floor import ModelShape, auto_context_length, plan_memory, prefill_floor_s
+
+__all__ = ["build_parser", "main", "parse_lengths", "e2e_options", "serve_options"]
+
+_DESCRIPTION = """\
+Benchmarks of sgl_qwen1m on SGLang 0.5.17 with dummy weights (random, same shapes and kernels as the real model).
+
+  e2e          TTFT per prompt length, decode step at one length, peak GPU memory, per backend
+               (flashinfer, dual_chunk_flash_attn, qwen1m-dense, qwen1m-sparse); one sgl.Engine per backend,
+               each in its own worker process; a correctness check on a short prompt runs before any timing.
+  serve-smoke  one long request (default 600K tokens) through `python -m sglang.launch_server`.
+  plot         TTFT vs prompt length with the arithmetic floor, from a results JSON (needs matplotlib).
+  plan         FLOP floor and SGLang memory split for given lengths (CPU only).
+"""
+
+_EPILOG = """\
+Run on the GPU host after `source scripts/gpu/prologue.sh` (unpacks the offline bundle, sets PYTHONPATH).
+Results: benchmarks/results/<name>.json (merged across runs; a killed run keeps what it measured), plot beside it.
+"""
+
+
+def parse_lengths(text: str) -> list[int]:
+    """``"131072,256K,1M"`` -> ``[131072, 262144, 1048576]`` (K = 1024, M = 1024**2), sorted, unique."""
+    out: set[int] = set()
+    for raw in text.split(","):
+        tok = raw.strip().upper()
+        if not tok:
+            continue
+        mult = 1
+        if tok[-1] in "KM":
+            mult, tok = (1024 if tok[-1] == "K" else 1024 * 1024), tok[:-1]
+        try:
+            value = int(float(tok) * mult)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad length {raw!r} (use e.g. 131072, 128K, 1M)") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"length must be > 0, got {raw!r}")
+        out.add(value)
+    if not out:
+        raise argparse.ArgumentTypeError("no length given")
+    return sorted(out)
+
+
+def _one_length(text: str) -> int:
+    return parse_lengths(text)[0] if text.strip() not in ("0", "") else 0
+
+
+def _backends(text: str) -> list[str]:
+    try:
+        return parse_backends(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _kv(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.replace("-", "_"), json.loads(value)
+    except json.JSONDecodeError:
+        return key.replace("-", "_"), value
+
+
+def _common(p: argparse.ArgumentParser, mfs: float) -> None:
+    dirs = default_model_dirs()
+    p.add_argument(
+        "--model-shape", default=str(dirs["shape"]), help="plain (no DCA) config dir for flashinfer (%(default)s)"
+    )
+    p.add_argument(
+        "--model-1m",
+        dest="model_dca",
+        default=str(dirs["dca"]),
+        help="DCA config dir (with sparse_attention_config.json) for qwen1m-*/dual_chunk_flash_attn (%(default)s)",
+    )
+    p.add_argument(
+        "--context-length", type=int, default=0, help="default: longest prompt + new tokens + 1024, rounded up to 4096"
+    )
+    p.add_argument("--chunked-prefill-size", type=int, default=8192, help="tokens per prefill chunk (%(default)s)")
+    p.add_argument(
+        "--mem-fraction-static", type=float, default=mfs, help="weights + KV pool share of GPU memory (%(default)s)"
+    )
+    p.add_argument(
+        "--max-running-requests",
+        type=int,
+        default=4,
+        help="bounds SGLang's req_to_token table (rows x context x 4 B; 2048 rows if unset) (%(default)s)",
+    )
+    p.add_argument(
+        "--max-total-tokens",
+        type=int,
+        default=-1,
+        help="KV pool tokens; -1 = context length (pool fits one request), 0 = SGLang's sizing (%(default)s)",
+    )
+    p.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="keep SGLang's decode CUDA graphs (default: disabled, as the baselines)",
+    )
+    p.add_argument(
+        "--deadline-s", type=float, default=0, help="stop starting new work after this many seconds (0 = none)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random prompts and of SGLang (%(default)s)")
+    p.add_argument(
+        "--work-dir", default="/tmp/sgl_qwen1m_bench", help="scratch: dense model variants, logs (%(default)s)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser."""
+    ap = argparse.ArgumentParser(
+        prog="python -m sgl_qwen1m.bench",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{e2e,serve-smoke,ops-decode,plot,plan}")
+
+    e = sub.add_parser("e2e", help="TTFT / decode step / peak memory per backend through sgl.Engine (dummy weights)")
+    e.add_argument(
+        "--backends",
+        type=_backends,
+        default=["flashinfer", "qwen1m-dense"],
+        help=f"comma list of {','.join(SPECS)} (default flashinfer,qwen1m-dense)",
+    )
+    e.add_argument("--lengths", type=parse_lengths, default=[131072, 262144], help="prompt lengths, e.g. 128K,256K")
+    e.add_argument(
+        "--decode-at", type=_one_length, default=262144, help="prompt length of the decode timing (0 = none)"
+    )
+    e.add_argument("--decode-tokens", type=int, default=32, help="decode steps timed (%(default)s)")
+    e.add_argument(
+        "--decode-method",
+        choices=("stream", "diff"),
+        default="stream",
+        help="stream: one streamed request, prefix from the radix cache; diff: (t(N+1)-t(1))/N",
+    )
+    e.add_argument("--repeats", type=int, default=1, help="TTFT samples per length; the median is reported")
+    e.add_argument("--check-tokens", type=int, default=1024, help="prompt of the pre-timing correctness check")
+    e.add_argument("--warmup-tokens", type=int, default=40960, help="warm-up prompt (> 32K so sparse paths compile)")
+    e.add_argument("--peak-tflops", type=float, default=800.0, help="for the arithmetic floor (H100 dense bf16 ~800)")
+    e.add_argument("--backend-timeout-s", type=float, default=1800.0, help="kill a backend's worker after this long")
+    e.add_argument("--time-unchecked", action="store_true", help="time a backend even if its check failed")
+    e.add_argument("--log-level", default="warning", help="SGLang log level inside the Engine (%(default)s)")
+    e.add_argument(
+        "--engine-arg",
+        type=_kv,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra sgl.Engine/ServerArgs field (JSON value), repeatable",
+    )
+    e.add_argument("--no-plot", dest="plot", action="store_false", help="skip the PNG")
+    e.add_argument("--out", default="benchmarks/results/e2e_7b.json", help="results JSON (%(default)s)")
+    _common(e, 0.80)
+
+    s = sub.add_parser("serve-smoke", help="one long request through `python -m sglang.launch_server`")
+    s.add_argument("--backend", choices=[n for n, sp in SPECS.items() if sp.decode], default="qwen1m-sparse")
+    s.add_argument("--prompt-tokens", type=_one_length, default=600_000)
+    s.add_argument("--new-tokens", type=int, default=32)
+    s.add_argument("--port", type=int, default=0, help="0 = a free port")
+    s.add_argument("--start-timeout-s", type=float, default=300.0)
+    s.add_argument("--request-timeout-s", type=float, default=480.0)
+    s.add_argument("--log-file", default="", help="server log (default <work-dir>/serve-<backend>-<tokens>.log)")
+    s.add_argument("--log-level", default="info", help="server --log-level (%(default)s)")
+    s.add_argument(
+        "--server-arg",
+        dest="server_args",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra launch_server argument, repeatable (e.g. --server-arg=--enable-metrics)",
+    )
+    s.add_argument("--out", default="benchmarks/results/serve_smoke_600k.json")
+    _common(s, 0.70)
+
+    p = sub.add_parser("plot", help="(re)draw the TTFT plot of a results JSON")
+    p.add_argument("json")
+    p.add_argument("--out", default="", help="PNG path (default: beside the JSON)")
+    p.add_argument("--peak-tflops", type=float, default=800.0)
+
+    f = sub.add_parser("plan", help="print FLOP floors and the memory split for given lengths (no GPU)")
+    f.add_argument("--lengths", type=parse_lengths, default=[131072, 262144, 524288, 1048576])
+    f.add_argument("--model", default=str(default_model_dirs()["dca"]))
+    f.add_argument("--peak-tflops", type=float, default=800.0)
+    f.add_argument("--gpu-gib", type=float, default=79.1, help="free GPU memory at start (H100 80GB: ~79.1)")
+    f.add_argument("--mem-fraction-static", type=float, default=0.80)
+    f.add_argument("--max-running-requests", type=int, default=4)
+
+    from .ops import add_parser as add_ops_parser
+
+    add_ops_parser(sub, parse_lengths)
+    w = sub.add_parser("_worker")  # internal: one backend in its own process
+    w.add_argument("--options", required=True)
+    w.add_argument("--backend", required=True, choices=list(SPECS))
+    return ap
+
+
+def e2e_options(ns: argparse.Namespace) -> "Any":
+    """Namespace -> :class:`E2EOptions`."""
+    from .e2e import E2EOptions
+
+    keys = {k: v for k, v in vars(ns).items() if k in E2EOptions.__dataclass_fields__}
+    keys["engine_args"] = dict(ns.engine_arg)
+    return E2EOptions(**keys)
+
+
+def serve_options(ns: argparse.Namespace) -> "Any":
+    """Namespace -> :class:`ServeOptions`."""
+    from .serve import ServeOptions
+
+    return ServeOptions(**{k: v for k, v in vars(ns).items() if k in ServeOptions.__dataclass_fields__})
+
+
+def _plan(ns: argparse.Namespace) -> int:
+    shape = ModelShape.from_dir(ns.model)
+    print(f"{'tokens':>9} {'floor_s':>8} {'ctx':>9} {'pool_tok':>9} {'pool_GiB':>8} {'headroom':>8} fits")
+    for n in ns.lengths:
+        ctx = auto_context_length(n, 33)
+        m = plan_memory(shape, ns.gpu_gib, ns.mem_fraction_static, ctx, ns.max_running_requests)
+        print(
+            f"{n:>9} {prefill_floor_s(shape, n, ns.peak_tflops):>8.2f} {ctx:>9} {m.kv_pool_tokens:>9} "
+            f"{m.kv_pool_gib:>8.1f} {m.headroom_gib:>8.1f} {m.fits}"
+        )
+    print(f"weights {shape.weight_bytes() / 1e9:.2f} GB, KV {shape.kv_bytes_per_token()} B/token")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point; returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    ns = build_parser().parse_args(args)
+    if ns.cmd == "e2e":
+        from .e2e import run_e2e
+
+        return run_e2e(e2e_options(ns), args)
+    if ns.cmd == "serve-smoke":
+        from .serve import run_serve_smoke
+
+        return run_serve_smoke(serve_options(ns), args)
+    if ns.cmd == "plot":
+        from .plot import plot_ttft
+        from .results import Results
+
+        out = Path(ns.out) if ns.out else Path(ns.json).with_suffix(".png")
+        path = plot_ttft(Results.load(ns.json), out, ns.peak_tflops)
+        print(f"{path} ({path.stat().st_size // 1024} KB)")
+        return 0
+    if ns.cmd == "plan":
+        return _plan(ns)
+    if ns.cmd == "ops-decode":
+        from .ops import run as run_ops
+
+        return run_ops(ns, args)
+    from .e2e import E2EOptions
+    from .engine_worker import run_worker
+
+    return run_worker(E2EOptions.from_json(Path(ns.options).read_text()), ns.backend)

@@ -1,0 +1,107 @@
+"""Small helpers shared by the Engine and the HTTP benchmarks: prompts, output checks, progress, deadlines."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+__all__ = [
+    "REGULAR_VOCAB",
+    "make_prompt",
+    "check_output",
+    "Progress",
+    "Deadline",
+    "median",
+]
+
+# Qwen2 tokens at and above 151643 are special (<|endoftext|>, <|im_start|>, ...); prompts use regular ids only.
+REGULAR_VOCAB = 151643
+
+
+def make_prompt(length: int, seed: int = 0, vocab_size: int = 152064) -> list[int]:
+    """``length`` random token ids in ``[0, min(vocab_size, 151643))``, the same for the same (seed, length)."""
+    if length <= 0:
+        raise ValueError(f"prompt length must be > 0, got {length}")
+    rng = random.Random(f"sgl_qwen1m.bench:{seed}:{length}")
+    high = min(vocab_size, REGULAR_VOCAB)
+    return [rng.randrange(high) for _ in range(length)]
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    """Verdict on one generate() result."""
+
+    ok: bool
+    detail: str
+    output_tokens: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "detail": self.detail, "output_tokens": self.output_tokens}
+
+
+def check_output(out: Mapping[str, Any], expect_tokens: int, vocab_size: int) -> OutputCheck:
+    """Check a ``skip_tokenizer_init`` result: ``expect_tokens`` ids in range, not aborted, finite logprobs if any.
+
+    With random weights the tokens mean nothing; this catches NaN/Inf logits (non-finite logprobs), out-of-range
+    ids, aborted or truncated requests.
+    """
+    ids = out.get("output_ids")
+    meta = out.get("meta_info") or {}
+    if not isinstance(ids, list):
+        return OutputCheck(False, f"no output_ids in result (keys {sorted(out)})", 0)
+    n = len(ids)
+    reason = meta.get("finish_reason")
+    if isinstance(reason, Mapping) and reason.get("type") == "abort":
+        return OutputCheck(False, f"aborted: {reason.get('message')}", n)
+    if n != expect_tokens:
+        return OutputCheck(False, f"{n} output ids, expected {expect_tokens} (finish_reason {reason})", n)
+    bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < vocab_size]
+    if bad:
+        return OutputCheck(False, f"token ids out of [0, {vocab_size}): {bad[:5]}", n)
+    logprobs: Sequence[Any] = meta.get("output_token_logprobs") or []
+    values = [lp[0] if isinstance(lp, (list, tuple)) else lp for lp in logprobs]
+    nonfinite = [v for v in values if v is None or not math.isfinite(float(v))]
+    if nonfinite:
+        return OutputCheck(False, f"{len(nonfinite)} non-finite output logprobs (NaN/Inf logits)", n)
+    if logprobs and len(logprobs) != n:
+        return OutputCheck(False, f"{len(logprobs)} logprobs for {n} tokens", n)
+    detail = f"{n} valid ids" + (f", logprobs finite (min {min(values):.2f})" if values else "")
+    return OutputCheck(True, detail, n)
+
+
+class Progress:
+    """One line per event with the seconds since start: ``[  12.3s] flashinfer: ttft 131072 ...``."""
+
+    def __init__(self, label: str, t0: Optional[float] = None) -> None:
+        self.label = label
+        self.t0 = time.monotonic() if t0 is None else t0
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def __call__(self, msg: str) -> None:
+        print(f"[{self.elapsed():7.1f}s] {self.label}: {msg}", file=sys.stdout, flush=True)
+
+
+class Deadline:
+    """An absolute wall-clock deadline (``time.time()`` seconds; 0 means none)."""
+
+    def __init__(self, at: float = 0.0) -> None:
+        self.at = at
+
+    def remaining(self) -> float:
+        return math.inf if not self.at else self.at - time.time()
+
+    def allows(self, needed_s: float) -> bool:
+        """True when ``needed_s`` more seconds fit before the deadline."""
+        return self.remaining() >= needed_s
+
+
+def median(values: Sequence[float]) -> float:
+    """Median of a non-empty sequence."""
+    return float(statistics.median(values))

@@ -1,0 +1,221 @@
+"""Arithmetic floors and memory arithmetic for Qwen2-shaped models (pure Python, no GPU).
+
+The prefill floor is the time the GPU would need at ``peak_tflops`` for the prefill FLOPs alone:
+
+* linear layers: ``2 * params_per_layer * layers`` FLOPs per token (embedding and LM head excluded; the LM head
+  runs on the last token only), 13.05 GFLOP/token for Qwen2.5-7B;
+* dense causal attention: ``2 * head_dim * heads * layers * L**2`` (QK^T and PV, each ``2*d`` FLOPs per
+  query-key pair, over half of the ``L x L`` square);
+* sparse attention: ``4 * head_dim * L * sum_heads min(budget, L/2)`` with the per-head vertical+slash budget.
+
+For Qwen2.5-7B at 800 TFLOP/s this gives 6.4 s at 128K and 21.5 s at 256K dense, 2.9 s and 5.8 s with the
+7B budgets (mean 11.6K keys per query); see shared/gpu/README.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+__all__ = [
+    "ModelShape",
+    "QWEN25_7B",
+    "GIB",
+    "prefill_flops",
+    "prefill_floor_s",
+    "mean_keys_per_query",
+    "head_budgets",
+    "MemoryPlan",
+    "plan_memory",
+    "auto_context_length",
+]
+
+GIB = float(1 << 30)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes of a Qwen2-style decoder that FLOP and memory arithmetic needs."""
+
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    tie_embeddings: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> "ModelShape":
+        """Build from an HF ``config.json`` dict (``head_dim`` defaults to ``hidden // heads``)."""
+        heads = int(cfg["num_attention_heads"])
+        hidden = int(cfg["hidden_size"])
+        return cls(
+            layers=int(cfg["num_hidden_layers"]),
+            hidden=hidden,
+            heads=heads,
+            kv_heads=int(cfg.get("num_key_value_heads", heads)),
+            head_dim=int(cfg.get("head_dim") or hidden // heads),
+            intermediate=int(cfg["intermediate_size"]),
+            vocab=int(cfg["vocab_size"]),
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        )
+
+    @classmethod
+    def from_dir(cls, model_dir: Union[str, Path]) -> "ModelShape":
+        """Read ``<model_dir>/config.json``."""
+        with open(Path(model_dir) / "config.json") as f:
+            return cls.from_config(json.load(f))
+
+    @property
+    def layer_linear_params(self) -> int:
+        """Weights of the q/k/v/o projections and the gated MLP of one layer (biases and norms ignored)."""
+        q = self.heads * self.head_dim
+        kv = self.kv_heads * self.head_dim
+        attn = self.hidden * (q + 2 * kv) + q * self.hidden
+        mlp = 3 * self.hidden * self.intermediate
+        return attn + mlp
+
+    @property
+    def linear_flops_per_token(self) -> float:
+        """FLOPs of all linear layers for one prefill token (13.05e9 for Qwen2.5-7B)."""
+        return 2.0 * self.layers * self.layer_linear_params
+
+    @property
+    def num_params(self) -> int:
+        """All parameters: layers, embedding and (untied) LM head; biases and norms approximated."""
+        q = self.heads * self.head_dim
+        kv = self.kv_heads * self.head_dim
+        per_layer = self.layer_linear_params + (q + 2 * kv) + 2 * self.hidden  # qkv bias + 2 norms
+        emb = self.vocab * self.hidden
+        return self.layers * per_layer + emb * (1 if self.tie_embeddings else 2) + self.hidden
+
+    def weight_bytes(self, dtype_bytes: int = 2) -> int:
+        """Weight memory in bytes (15.2e9 for Qwen2.5-7B in bf16)."""
+        return self.num_params * dtype_bytes
+
+    def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
+        """K and V cache bytes per token over all layers (57,344 for Qwen2.5-7B in bf16)."""
+        return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes
+
+
+# Qwen2.5-7B-Instruct(-1M): 28 layers, 28 query heads, 4 KV heads, head_dim 128.
+QWEN25_7B = ModelShape(layers=28, hidden=3584, heads=28, kv_heads=4, head_dim=128, intermediate=18944, vocab=152064)
+
+
+def head_budgets(sparse_cfg: Sequence[Mapping[str, Sequence[Any]]]) -> list[int]:
+    """Per-head ``vertical + slash`` key budgets from a ``sparse_attention_config.json`` list."""
+    out: list[int] = []
+    for layer in sparse_cfg:
+        for entry in layer.values():
+            out.append(int(entry[1]) + int(entry[2]))
+    return out
+
+
+def mean_keys_per_query(sparse_cfg: Sequence[Mapping[str, Sequence[Any]]]) -> float:
+    """Mean ``vertical + slash`` budget over all heads (11,570 for Qwen2.5-7B-Instruct-1M)."""
+    budgets = head_budgets(sparse_cfg)
+    if not budgets:
+        raise ValueError("sparse_attention_config has no heads")
+    return sum(budgets) / len(budgets)
+
+
+def prefill_flops(shape: ModelShape, prompt_tokens: int, keys_per_query: Optional[float] = None) -> float:
+    """Prefill FLOPs of one prompt: linear layers plus causal attention (dense, or sparse with a mean budget)."""
+    n = float(prompt_tokens)
+    linear = shape.linear_flops_per_token * n
+    all_heads = shape.heads * shape.layers
+    if keys_per_query is None:
+        attn = 2.0 * shape.head_dim * all_heads * n * n
+    else:
+        attn = 4.0 * shape.head_dim * all_heads * n * min(float(keys_per_query), n / 2.0)
+    return linear + attn
+
+
+def prefill_floor_s(
+    shape: ModelShape,
+    prompt_tokens: int,
+    peak_tflops: float = 800.0,
+    keys_per_query: Optional[float] = None,
+) -> float:
+    """Seconds the prefill needs at ``peak_tflops`` (dense bf16 H100 ~800 TFLOP/s)."""
+    if peak_tflops <= 0:
+        raise ValueError(f"peak_tflops must be > 0, got {peak_tflops}")
+    return prefill_flops(shape, prompt_tokens, keys_per_query) / (peak_tflops * 1e12)
+
+
+def auto_context_length(max_prompt_tokens: int, new_tokens: int, margin: int = 1024, align: int = 4096) -> int:
+    """Smallest multiple of ``align`` that holds the longest prompt, its new tokens and a margin."""
+    need = max_prompt_tokens + new_tokens + margin
+    return -(-need // align) * align
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What SGLang's static allocation leaves for the KV pool and for activations (approximate, GiB)."""
+
+    gpu_gib: float
+    mem_fraction_static: float
+    weights_gib: float
+    req_to_token_gib: float
+    kv_pool_gib: float
+    kv_pool_tokens: int
+    headroom_gib: float
+    context_length: int
+
+    @property
+    def fits(self) -> bool:
+        """True when the pool holds one request of ``context_length`` tokens."""
+        return self.kv_pool_tokens >= self.context_length
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly view, rounded to MiB."""
+        return {
+            "gpu_gib": round(self.gpu_gib, 2),
+            "mem_fraction_static": self.mem_fraction_static,
+            "weights_gib": round(self.weights_gib, 2),
+            "req_to_token_gib": round(self.req_to_token_gib, 3),
+            "kv_pool_gib": round(self.kv_pool_gib, 2),
+            "kv_pool_tokens": self.kv_pool_tokens,
+            "headroom_gib": round(self.headroom_gib, 2),
+            "context_length": self.context_length,
+            "fits": self.fits,
+        }
+
+
+def plan_memory(
+    shape: ModelShape,
+    gpu_gib: float,
+    mem_fraction_static: float,
+    context_length: int,
+    max_running_requests: int = 2048,
+    max_total_tokens: Optional[int] = None,
+) -> MemoryPlan:
+    """Mirror SGLang 0.5.17's static sizing: ``gpu * mfs`` holds weights, ``req_to_token`` and the KV pool.
+
+    ``req_to_token`` is an int32 table of ``(max_running_requests + 1) x (context_length + 4)``; SGLang uses at
+    least 2048 rows unless ``max_running_requests`` is given. ``headroom`` (``gpu * (1 - mfs)``) is what
+    activations, the FlashInfer workspace and the CUDA context share.
+    """
+    static = gpu_gib * mem_fraction_static
+    weights = shape.weight_bytes() / GIB
+    r2t = (max_running_requests + 1) * (context_length + 4) * 4 / GIB
+    pool_gib = max(0.0, static - weights - r2t)
+    tokens = int(pool_gib * GIB // shape.kv_bytes_per_token())
+    if max_total_tokens is not None and max_total_tokens > 0 and max_total_tokens < tokens:
+        tokens = max_total_tokens
+        pool_gib = tokens * shape.kv_bytes_per_token() / GIB
+    headroom = gpu_gib - weights - r2t - pool_gib
+    return MemoryPlan(
+        gpu_gib=gpu_gib,
+        mem_fraction_static=mem_fraction_static,
+        weights_gib=weights,
+        req_to_token_gib=r2t,
+        kv_pool_gib=pool_gib,
+        kv_pool_tokens=tokens,
+        headroom_gib=headroom,
+        context_length=context_length,
+    )

@@ -1,0 +1,120 @@
+"""TTFT vs prompt length per backend, with the arithmetic floor, log-log (matplotlib, Agg, 600x400 px).
+
+Needs only the results JSON, so a file measured on a GPU host without matplotlib can be plotted elsewhere:
+``python -m sgl_qwen1m.bench plot benchmarks/results/<name>.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from .floor import QWEN25_7B, ModelShape, prefill_floor_s
+from .results import backends_in
+
+__all__ = ["plot_ttft", "try_plot"]
+
+_STYLE = {
+    "flashinfer": ("tab:blue", "o"),
+    "dual_chunk_flash_attn": ("tab:orange", "s"),
+    "qwen1m-dense": ("tab:green", "^"),
+    "qwen1m-sparse": ("tab:red", "v"),
+}
+
+
+def _geomspace(lo: float, hi: float, n: int = 24) -> list[float]:
+    if hi <= lo:
+        return [lo]
+    return [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]
+
+
+def _tokens_label(x: float, _pos: object = None) -> str:
+    """``131072`` -> ``128K``, ``1048576`` -> ``1M``."""
+    if x >= 1 << 20:
+        return f"{x / (1 << 20):g}M"
+    if x >= 1024:
+        return f"{x / 1024:g}K"
+    return f"{x:g}"
+
+
+def plot_ttft(
+    data: dict[str, Any],
+    out_png: Path,
+    peak_tflops: float = 800.0,
+    shape: Optional[ModelShape] = None,
+    keys_per_query: Optional[float] = None,
+) -> Path:
+    """Write the TTFT plot of a results dict to ``out_png``; return the path.
+
+    ``shape`` and ``keys_per_query`` default to ``data["config"]`` (written by the e2e run), else Qwen2.5-7B and,
+    for the sparse floor, nothing.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    config = data.get("config") or {}
+    if shape is None:
+        shape = ModelShape(**config["shape"]) if config.get("shape") else QWEN25_7B
+    if keys_per_query is None:
+        keys_per_query = config.get("keys_per_query")
+    rows = [r for r in data.get("rows", []) if r["metric"] == "ttft_s" and r.get("value") is not None]
+    lengths = sorted({r["prompt_tokens"] for r in rows} or set(config.get("lengths") or [131072]))
+    lo, hi = lengths[0], lengths[-1]
+    if lo == hi:
+        lo, hi = lo / 2, hi * 2
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for backend in backends_in(rows):
+        pts = sorted((r["prompt_tokens"], r["value"]) for r in rows if r["backend"] == backend)
+        color, marker = _STYLE.get(backend, (None, "o"))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, label=backend, lw=1.5)
+    xs = _geomspace(lo, hi)
+    ax.plot(
+        xs,
+        [prefill_floor_s(shape, int(x), peak_tflops) for x in xs],
+        "--",
+        color="0.4",
+        lw=1,
+        label=f"dense floor @ {peak_tflops:g} TFLOP/s",
+    )
+    if keys_per_query and any(b.endswith("sparse") or b == "dual_chunk_flash_attn" for b in backends_in(rows)):
+        ax.plot(
+            xs,
+            [prefill_floor_s(shape, int(x), peak_tflops, keys_per_query) for x in xs],
+            ":",
+            color="0.4",
+            lw=1,
+            label=f"sparse floor ({keys_per_query / 1000:.1f}K keys/query)",
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(_tokens_label))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: f"{y:g}" if str(f"{y:g}")[0] in "25" else ""))
+    ax.set_xlabel("prompt tokens")
+    ax.set_ylabel("time to first token (s)")
+    gpu = str(data.get("gpu", "")).split(",")[0]
+    ax.set_title(f"Prefill TTFT, {shape.layers}-layer Qwen2 shape, batch 1" + (f" ({gpu})" if gpu else ""), fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def try_plot(data: dict[str, Any], out_png: Path, peak_tflops: float = 800.0) -> Optional[Path]:
+    """``plot_ttft`` that reports instead of failing when matplotlib is missing (the GPU host has none)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("matplotlib not installed: no plot; run `python -m sgl_qwen1m.bench plot <json>` elsewhere", flush=True)
+        return None
+    path = plot_ttft(data, out_png, peak_tflops)
+    print(f"plot -> {path} ({path.stat().st_size // 1024} KB)", flush=True)
+    return path

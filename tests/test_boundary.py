@@ -1,0 +1,114 @@
+"""Import boundaries of the package (static AST walk plus one import in a fresh interpreter).
+
+* Only ``sgl_qwen1m/adapter/`` may import SGLang (``sglang``, ``sgl_kernel``).
+* Only ``sgl_qwen1m/attention/wrapper.py`` and ``sgl_qwen1m/attention/kernels*.py`` may import FlashInfer or Triton.
+* ``import sgl_qwen1m, sgl_qwen1m.config, sgl_qwen1m.attention.dca`` pulls in none of them and leaves CUDA
+  uninitialised, so the math and config layers stay testable on CPU and cheap to import from the plugin.
+
+Imports inside functions count too, as do ``importlib.import_module("...")`` / ``__import__("...")`` calls with a
+literal name; ``if TYPE_CHECKING:`` blocks do not (they never run). No SGLang needed.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from fnmatch import fnmatch
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "sgl_qwen1m"
+
+SGLANG_MODULES = ("sglang", "sgl_kernel")
+KERNEL_MODULES = ("flashinfer", "triton")
+SGLANG_ALLOWED = ("sgl_qwen1m/adapter/*",)
+# bench/ops.py times the plain FlashInfer decode as the baseline it compares against.
+KERNEL_ALLOWED = ("sgl_qwen1m/attention/wrapper.py", "sgl_qwen1m/attention/kernels*.py", "sgl_qwen1m/bench/ops.py")
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _runtime_nodes(node: ast.AST):
+    """Every node under ``node`` except the bodies of ``if TYPE_CHECKING:`` blocks (never executed)."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.If) and _is_type_checking(child.test):
+            for sub in child.orelse:
+                yield sub
+                yield from _runtime_nodes(sub)
+            continue
+        yield child
+        yield from _runtime_nodes(child)
+
+
+def _imported_modules(tree: ast.AST):
+    """Yield (top-level module, line) for every runtime import and literal dynamic import in ``tree``."""
+    for node in _runtime_nodes(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name.split(".")[0], node.lineno
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module.split(".")[0], node.lineno
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if name in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                yield node.args[0].value.split(".")[0], node.lineno
+
+
+def _violations(modules, allowed):
+    found = []
+    for path in sorted(PKG.rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if any(fnmatch(rel, pattern) for pattern in allowed):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=rel)
+        found += [f"{rel}:{line} imports {mod}" for mod, line in _imported_modules(tree) if mod in modules]
+    return found
+
+
+def test_ast_walker_sees_nested_and_dynamic_imports_but_not_type_checking_ones():
+    src = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    import sgl_kernel\nelse:\n    import numpy\n"
+        "def f():\n    import sglang.srt\n    from triton import jit\n    importlib.import_module('flashinfer.x')\n"
+    )
+    found = sorted(m for m, _ in _imported_modules(ast.parse(src)))
+    assert found == ["flashinfer", "numpy", "sglang", "triton", "typing"]
+
+
+def test_only_adapter_imports_sglang():
+    found = _violations(SGLANG_MODULES, SGLANG_ALLOWED)
+    assert not found, "SGLang may only be imported under sgl_qwen1m/adapter/:\n" + "\n".join(found)
+
+
+def test_only_attention_wrapper_and_kernels_import_flashinfer_or_triton():
+    found = _violations(KERNEL_MODULES, KERNEL_ALLOWED)
+    assert not found, "FlashInfer/Triton only in attention/wrapper.py and kernels*.py:\n" + "\n".join(found)
+
+
+_PROBE = """
+import json, sys
+import sgl_qwen1m, sgl_qwen1m.config, sgl_qwen1m.attention.dca
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in {"sglang", "sgl_kernel", "triton", "flashinfer"}
+               or m.startswith("sgl_qwen1m.adapter"))
+torch = sys.modules.get("torch")
+cuda_initialized = bool(torch is not None and torch.cuda.is_initialized())
+print(json.dumps({"heavy": heavy, "cuda_initialized": cuda_initialized, "file": sgl_qwen1m.__file__}))
+"""
+
+
+def test_core_import_is_light_and_does_not_initialise_cuda():
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert Path(result["file"]).resolve().is_relative_to(PKG), result["file"]
+    assert result["heavy"] == [], f"importing the core modules pulled in: {result['heavy']}"
+    assert result["cuda_initialized"] is False
