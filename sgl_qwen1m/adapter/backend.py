@@ -18,6 +18,7 @@ from sglang.srt.environ import envs
 from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 from sglang.srt.runtime_context import get_buffer
 
+from sgl_qwen1m.adapter.rope import install_fused_dca_rope
 from sgl_qwen1m.attention.dca import RequestSpan, plan_extend, yarn_logit_scale
 from sgl_qwen1m.attention.wrapper import DCAAttention, DCAShape, DecodeGraphState, DecodeStep, ExtendState
 from sgl_qwen1m.config import DCAConfig
@@ -83,17 +84,20 @@ class Qwen1MAttnBackend(AttentionBackend):
                                 device=model_runner.device),
         )
         self.attn = DCAAttention(shape, self.cfg, workspace)
+        fused_rope = install_fused_dca_rope(model_runner.model) if self.cfg is not None else 0
         self.req_to_token = model_runner.req_to_token_pool.req_to_token
         self.token_to_kv_pool = model_runner.token_to_kv_pool
         self.max_context_len = mc.context_len
         self._graphs: dict[int, DecodeGraphState] = {}
         self.forward_metadata: Union[_ExtendMeta, _DecodeMeta, None] = None
         logger.info(
-            "qwen1m attention: %s, heads %d/%d, head_dim %d, chunk_len %s, YaRN original length %s",
+            "qwen1m attention: %s, heads %d/%d, head_dim %d, chunk_len %s, YaRN original length %s, "
+            "fused DCA RoPE on %d layers",
             "DCA" if self.cfg else "plain causal (no dual_chunk_attention_config)",
             shape.num_qo_heads, shape.num_kv_heads, head_dim,
             self.cfg.chunk_len if self.cfg else None,
             self.cfg.original_max_position_embeddings if self.cfg else None,
+            fused_rope,
         )
 
     # ---------------------------------------------------------------- metadata

@@ -39,6 +39,7 @@ __all__ = [
     "plan_decode",
     "decode_stage_valid",
     "yarn_logit_scale",
+    "DCARopeCaches",
 ]
 
 NUM_Q_VARIANTS = 5  # q, q_succ, q_inter, q_succ_critical, q_inter_critical (SGLang concatenates them on dim -1)
@@ -218,3 +219,48 @@ def decode_stage_valid(seq_lens: torch.Tensor, cfg: Optional[DCAConfig]) -> torc
     chunk = (seq_lens.long() - 1) // cfg.chunk_len if cfg is not None else torch.zeros_like(seq_lens.long())
     stages = torch.arange(3, device=seq_lens.device).view(1, 3)
     return chunk.view(-1, 1) >= stages
+
+
+@dataclass(frozen=True)
+class DCARopeCaches:
+    """cos/sin tables of DCA RoPE, each ``[rows, D]`` laid out ``[cos(D/2) | sin(D/2)]`` (NeoX style).
+
+    The same tables SGLang's ``DualChunkRotaryEmbedding`` registers: ``q``, ``qc`` (succ, clamped), ``qc_no_clamp``
+    and ``q_inter`` have ``chunk_len`` rows indexed by ``pos % chunk_len``; ``k`` has ``max_position_embeddings``
+    rows indexed by ``pos``. The inter query uses row ``chunk_len - 1`` of ``qc`` for every token.
+    """
+
+    q: torch.Tensor
+    qc: torch.Tensor
+    k: torch.Tensor
+    qc_no_clamp: torch.Tensor
+    q_inter: torch.Tensor
+    chunk_len: int
+
+    @classmethod
+    def build(
+        cls,
+        head_dim: int,
+        max_position_embeddings: int,
+        base: float,
+        cfg: DCAConfig,
+        dtype: torch.dtype = torch.float32,
+        device: Optional[torch.device] = None,
+    ) -> "DCARopeCaches":
+        """Tables computed exactly as SGLang 0.5.17 computes them (fp32 angles, then cast to ``dtype``)."""
+        c, cs = cfg.chunk_len, cfg.chunk_size
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+        ar = torch.arange(c, dtype=torch.float)
+
+        def table(t: torch.Tensor) -> torch.Tensor:
+            f = torch.outer(t, inv_freq)
+            return torch.cat((f.cos(), f.sin()), dim=-1).to(dtype=dtype, device=device)
+
+        return cls(
+            q=table(ar),
+            qc=table((ar + c).clamp(max=cs)),
+            k=table(torch.arange(max_position_embeddings, dtype=torch.float) % c),
+            qc_no_clamp=table(ar + c),
+            q_inter=table(ar + cs),
+            chunk_len=c,
+        )

@@ -13,9 +13,9 @@ from typing import Optional
 
 import torch
 
-from sgl_qwen1m.attention.dca import stage_of
+from sgl_qwen1m.attention.dca import DCARopeCaches, stage_of
 
-__all__ = ["dca_attention_ref", "merge_lse_ref", "LN2"]
+__all__ = ["dca_attention_ref", "merge_lse_ref", "dca_rope_ref", "LN2"]
 
 LN2 = math.log(2.0)  # FlashInfer's LSE is base 2: lse_natural = lse_base2 * LN2
 
@@ -109,3 +109,29 @@ def merge_lse_ref(
     w = torch.exp(lse - total)  # [P, T, H]
     out = sum(w[i][..., None] * o.float() for i, o in enumerate(outs))
     return out, (total / LN2 if base2 else total)
+
+
+def _rotate(x: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
+    """NeoX rotation of ``x`` ``[T, heads, D]`` by ``cos_sin`` ``[T, D]`` (``[cos | sin]``), in fp32."""
+    half = x.shape[-1] // 2
+    cos, sin = cos_sin[:, None, :half].float(), cos_sin[:, None, half:].float()
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def dca_rope_ref(
+    positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, caches: DCARopeCaches, head_dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 DCA RoPE: ``q`` ``[T, H*D]``, ``k`` ``[T, Hkv*D]`` -> (``[T, 5*H*D]``, ``[T, Hkv*D]``) float32.
+
+    Query variants in SGLang's order: intra, succ, inter, succ_critical, inter_critical.
+    """
+    t = positions.shape[0]
+    pos = positions.long()
+    pc = pos % caches.chunk_len
+    qf = q.float().reshape(t, -1, head_dim)
+    inter_row = torch.full_like(pc, caches.chunk_len - 1)
+    tables = ((caches.q, pc), (caches.qc, pc), (caches.qc, inter_row), (caches.qc_no_clamp, pc), (caches.q_inter, pc))
+    q5 = torch.stack([_rotate(qf, tab[rows]) for tab, rows in tables], dim=1)  # [T, 5, H, D]
+    k_out = _rotate(k.float().reshape(t, -1, head_dim), caches.k[pos])
+    return q5.reshape(t, -1), k_out.reshape(t, -1)

@@ -1,0 +1,104 @@
+"""Triton kernels. Each has an fp32 torch oracle in ``reference.py`` and a parametrized GPU test.
+
+``dca_rope``: Dual Chunk Attention rotary embedding in one launch. SGLang's ``DualChunkRotaryEmbedding.forward``
+builds the five query rotations and the key rotation from about sixty unfused PyTorch ops per layer, which
+dominates a long-context decode step. This kernel reads the same cos/sin caches and writes the same
+``[T, 5 * H * D]`` query layout (variants: intra, succ, inter, succ_critical, inter_critical) and ``[T, Hkv * D]``
+keys, NeoX style (rotate halves), with ``rotary_dim == head_dim``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from sgl_qwen1m.attention.dca import DCARopeCaches
+
+__all__ = ["dca_rope"]
+
+
+@triton.jit
+def _rotate_store(x1, x2, cache_ptr, row, j, out_ptr, offs_lo, offs_hi, mask, HALF: tl.constexpr):
+    cos = tl.load(cache_ptr + row * (2 * HALF) + j).to(tl.float32)[None, :]
+    sin = tl.load(cache_ptr + row * (2 * HALF) + HALF + j).to(tl.float32)[None, :]
+    tl.store(out_ptr + offs_lo, (x1 * cos - x2 * sin).to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + offs_hi, (x2 * cos + x1 * sin).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _dca_rope_kernel(
+    pos_ptr, q_ptr, k_ptr, q_out_ptr, k_out_ptr,
+    q_cache, qc_cache, k_cache, qcn_cache, qi_cache,
+    q_row_stride, k_row_stride, chunk_len,
+    H: tl.constexpr, HKV: tl.constexpr, H_P2: tl.constexpr, HKV_P2: tl.constexpr, HALF: tl.constexpr,
+):
+    t = tl.program_id(0).to(tl.int64)
+    pos = tl.load(pos_ptr + t).to(tl.int64)
+    pc = pos % chunk_len
+    j = tl.arange(0, HALF)
+    D: tl.constexpr = 2 * HALF
+    # queries: [H, HALF] halves of every head
+    h = tl.arange(0, H_P2)
+    qmask = (h < H)[:, None]
+    src = q_ptr + t * q_row_stride + h[:, None] * D + j[None, :]
+    x1 = tl.load(src, mask=qmask, other=0.0).to(tl.float32)
+    x2 = tl.load(src + HALF, mask=qmask, other=0.0).to(tl.float32)
+    lo = h[:, None] * D + j[None, :]
+    base = q_out_ptr + t * (5 * H * D)
+    _rotate_store(x1, x2, q_cache, pc, j, base, lo, lo + HALF, qmask, HALF)
+    _rotate_store(x1, x2, qc_cache, pc, j, base + H * D, lo, lo + HALF, qmask, HALF)
+    _rotate_store(x1, x2, qc_cache, chunk_len - 1, j, base + 2 * H * D, lo, lo + HALF, qmask, HALF)
+    _rotate_store(x1, x2, qcn_cache, pc, j, base + 3 * H * D, lo, lo + HALF, qmask, HALF)
+    _rotate_store(x1, x2, qi_cache, pc, j, base + 4 * H * D, lo, lo + HALF, qmask, HALF)
+    # keys
+    g = tl.arange(0, HKV_P2)
+    kmask = (g < HKV)[:, None]
+    ksrc = k_ptr + t * k_row_stride + g[:, None] * D + j[None, :]
+    y1 = tl.load(ksrc, mask=kmask, other=0.0).to(tl.float32)
+    y2 = tl.load(ksrc + HALF, mask=kmask, other=0.0).to(tl.float32)
+    klo = g[:, None] * D + j[None, :]
+    _rotate_store(y1, y2, k_cache, pos, j, k_out_ptr + t * (HKV * D), klo, klo + HALF, kmask, HALF)
+
+
+def dca_rope(
+    positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, caches: DCARopeCaches, head_dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply DCA RoPE.
+
+    Parameters
+    ----------
+    positions : ``[T]`` integer absolute positions (CUDA).
+    q : ``[T, H * D]``; k : ``[T, Hkv * D]``. Rows may be strided (views of a fused QKV output); the last dim must be
+        contiguous.
+    caches : DCARopeCaches
+        Tables of dtype ``q.dtype`` (or float32), last dim ``D``.
+
+    Returns
+    -------
+    (q5 ``[T, 5 * H * D]``, k ``[T, Hkv * D]``), both contiguous, in ``q.dtype``.
+    """
+    t = positions.shape[0]
+    d = head_dim
+    if q.dim() != 2 or k.dim() != 2 or q.shape[0] != t or k.shape[0] != t:
+        raise ValueError(f"dca_rope: expected q [T, H*D], k [T, Hkv*D] with T={t}, got {tuple(q.shape)}, {tuple(k.shape)}")
+    if q.stride(-1) != 1 or k.stride(-1) != 1:
+        raise ValueError("dca_rope: the last dimension of q and k must be contiguous")
+    if d % 2 or d & (d - 1) or q.shape[1] % d or k.shape[1] % d:
+        raise ValueError(f"dca_rope: head_dim must be an even power of two dividing q and k widths, got {d}")
+    for name in ("q", "qc", "k", "qc_no_clamp", "q_inter"):
+        c = getattr(caches, name)
+        if c.shape[-1] != d or not c.is_contiguous():
+            raise ValueError(f"dca_rope: cache {name} must be contiguous [rows, {d}], got {tuple(c.shape)}")
+    h, hkv = q.shape[1] // d, k.shape[1] // d
+    q_out = torch.empty(t, 5 * h * d, dtype=q.dtype, device=q.device)
+    k_out = torch.empty(t, hkv * d, dtype=k.dtype, device=k.device)
+    if t:
+        _dca_rope_kernel[(t,)](
+            positions, q, k, q_out, k_out,
+            caches.q, caches.qc, caches.k, caches.qc_no_clamp, caches.q_inter,
+            q.stride(0), k.stride(0), caches.chunk_len,
+            H=h, HKV=hkv, H_P2=triton.next_power_of_2(h), HKV_P2=triton.next_power_of_2(hkv), HALF=d // 2,
+            num_warps=4,
+        )
+    return q_out, k_out
