@@ -6,7 +6,6 @@ slots. Errors are relative RMS ``||out - ref|| / ||ref||``; bf16 must stay <= 1e
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import pytest

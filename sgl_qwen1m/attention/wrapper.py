@@ -83,13 +83,13 @@ class DecodeStep:
 
 @dataclass
 class DecodeGraphState:
-    """Fixed buffers of one CUDA-graph batch size (``3 * bs`` virtual requests)."""
+    """The decode wrapper captured for one CUDA-graph batch size (``3 * bs`` virtual requests, shared buffers)."""
 
     wrapper: BatchDecodeWithPagedKVCacheWrapper
-    bs: int
 
 
-def _pinned_ones(n: int) -> torch.Tensor:
+def _last_page_lens(n: int) -> torch.Tensor:
+    """Host ``[n]`` int32 ones: with one token per page every last page holds one entry."""
     return torch.ones(n, dtype=torch.int32)
 
 
@@ -154,7 +154,7 @@ class DCAAttention:
         """
         intra = segment_tensors(plan.intra, self.device, with_q_rows=False)
         intra_idx = gather_kv_indices(intra, req_to_token, req_pool_indices)
-        self.intra.plan(intra.qo_indptr, intra.kv_indptr, intra_idx, _pinned_ones(len(plan.intra)),
+        self.intra.plan(intra.qo_indptr, intra.kv_indptr, intra_idx, _last_page_lens(len(plan.intra)),
                         **self._plan_kwargs(causal=True))
         token_scale = cross_scale = None
         if logit_scale is not None:
@@ -165,7 +165,7 @@ class DCAAttention:
             return ExtendState(plan.num_tokens, None, 0, None, None, token_scale, None)
         cross = segment_tensors(plan.cross, self.device, with_q_rows=True)
         cross_idx = gather_kv_indices(cross, req_to_token, req_pool_indices)
-        self.cross.plan(cross.qo_indptr, cross.kv_indptr, cross_idx, _pinned_ones(len(plan.cross)),
+        self.cross.plan(cross.qo_indptr, cross.kv_indptr, cross_idx, _last_page_lens(len(plan.cross)),
                         **self._plan_kwargs(causal=False))
         tokens = cross.q_rows // NUM_Q_VARIANTS
         ns = int(cross.qo_indptr[plan.num_succ])
@@ -228,7 +228,7 @@ class DCAAttention:
             paged_kv_indices_buffer=self._graph_kv_indices,
             paged_kv_last_page_len_buffer=self._graph_last_page[: 3 * bs],
         )
-        return DecodeGraphState(wrapper, bs)
+        return DecodeGraphState(wrapper)
 
     def plan_decode(
         self,
@@ -244,7 +244,7 @@ class DCAAttention:
         out = self._graph_kv_indices if graph is not None else None
         idx = gather_kv_indices(st, req_to_token, req_pool_indices, out=out)
         s = self.shape
-        wrapper.plan(st.kv_indptr, idx, _pinned_ones(len(segs)), s.num_qo_heads, s.num_kv_heads, s.head_dim, 1,
+        wrapper.plan(st.kv_indptr, idx, _last_page_lens(len(segs)), s.num_qo_heads, s.num_kv_heads, s.head_dim, 1,
                      q_data_type=s.q_dtype, kv_data_type=s.kv_dtype, sm_scale=s.sm_scale)
         return wrapper
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 import random
+import signal
+import subprocess
 import statistics
 import sys
 import time
@@ -105,3 +108,19 @@ class Deadline:
 def median(values: Sequence[float]) -> float:
     """Median of a non-empty sequence."""
     return float(statistics.median(values))
+
+
+def stop_process_group(proc: subprocess.Popen, log: Any, name: str, term_wait_s: float, kill_wait_s: float) -> None:
+    """SIGTERM ``proc``'s process group (started with ``start_new_session=True``), SIGKILL if it outlives
+    ``term_wait_s``; logs how it ended."""
+    for sig, wait in ((signal.SIGTERM, term_wait_s), (signal.SIGKILL, kill_wait_s)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            log(f"{name} stopped ({sig.name})")
+            return
+        except subprocess.TimeoutExpired:
+            log(f"{name} (group {proc.pid}) still alive after {sig.name}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .backends import SPECS, prepare_model_dir
-from .common import Progress
+from .common import Progress, stop_process_group
 from .floor import ModelShape, auto_context_length, mean_keys_per_query, prefill_floor_s
 from .results import Results, collect_versions, command_line, gpu_name
 
@@ -89,20 +88,6 @@ def _keys_per_query(dca_dir: Path) -> Optional[float]:
         return mean_keys_per_query(json.load(f))
 
 
-def _kill_group(proc: subprocess.Popen, log: Progress) -> None:
-    """SIGTERM then SIGKILL the worker's process group (it was started in its own session)."""
-    for sig, wait in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            log(f"worker group {proc.pid} still alive after {sig.name}")
-
-
 def _run_worker(opts: E2EOptions, name: str, opts_path: Path, log: Progress) -> Optional[str]:
     """Run one backend's worker; return an error string when it did not finish cleanly."""
     cmd = [sys.executable, "-m", "sgl_qwen1m.bench", "_worker", "--options", str(opts_path), "--backend", name]
@@ -114,17 +99,17 @@ def _run_worker(opts: E2EOptions, name: str, opts_path: Path, log: Progress) -> 
     previous = signal.getsignal(signal.SIGTERM)
 
     def _on_term(signum: int, frame: Any) -> None:  # the outer `timeout` must not orphan a GPU-holding worker
-        _kill_group(proc, log)
+        stop_process_group(proc, log, "worker", 20.0, 10.0)
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _on_term)
     try:
         rc = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _kill_group(proc, log)
+        stop_process_group(proc, log, "worker", 20.0, 10.0)
         return f"worker timed out after {timeout:.0f}s and was killed"
     except KeyboardInterrupt:
-        _kill_group(proc, log)
+        stop_process_group(proc, log, "worker", 20.0, 10.0)
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -102,8 +102,6 @@ def _bench_length(n: int, args: argparse.Namespace, ws, rows: list, log) -> None
         base = {"batch": b, "layers": layers, "what": "one decode step of all layers, CUDA graph replay"}
         rows.append(("decode_attn_ms", backend, n, ms, base))
         rows.append(("decode_plan_host_ms", backend, n, plan_ms, base))
-    del kv
-    torch.cuda.empty_cache()
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
@@ -117,6 +115,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     rows: list = []
     for n in args.lengths:
         _bench_length(n, args, ws, rows, log=lambda m: print(m, flush=True))
+        torch.cuda.empty_cache()  # this length's KV pools are gone with _bench_length's frame
         for metric, backend, tokens, value, extra in rows:
             results.upsert(metric, backend, tokens, value, **extra)
         rows.clear()

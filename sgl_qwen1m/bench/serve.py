@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .backends import SPECS, prepare_model_dir
-from .common import Deadline, Progress, check_output, make_prompt
+from .common import Deadline, Progress, check_output, make_prompt, stop_process_group
 from .floor import ModelShape, auto_context_length
 from .gpu_mem import GpuMemSampler
 from .results import Results, collect_versions, command_line, gpu_name
@@ -178,21 +178,6 @@ def _stream_generate(url: str, ids: list[int], new_tokens: int, timeout_s: float
     return out
 
 
-def _stop_server(proc: subprocess.Popen, log: Progress) -> None:
-    """SIGTERM the server's process group, SIGKILL after 30 s."""
-    for sig, wait in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 15.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            log(f"server stopped ({sig.name})")
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def run_serve_smoke(opts: ServeOptions, argv: Optional[list[str]] = None) -> int:
     """Run the smoke test; 0 when the server answered with ``new_tokens`` valid ids."""
     log, name = Progress("serve-smoke"), opts.backend
@@ -260,6 +245,6 @@ def run_serve_smoke(opts: ServeOptions, argv: Optional[list[str]] = None) -> int
     finally:
         signal.signal(signal.SIGTERM, previous)
         sampler.stop()
-        _stop_server(proc, log)
+        stop_process_group(proc, log, "server", 30.0, 15.0)
         res.backend_info(name, server_log_tail=log_tail(log_path))
     return rc
