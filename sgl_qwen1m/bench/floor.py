@@ -30,6 +30,8 @@ __all__ = [
     "MemoryPlan",
     "plan_memory",
     "auto_context_length",
+    "prefill_overhead_gib",
+    "OVERHEAD_FIXED_GIB",
 ]
 
 GIB = float(1 << 30)
@@ -193,21 +195,23 @@ def plan_memory(
     context_length: int,
     max_running_requests: int = 2048,
     max_total_tokens: Optional[int] = None,
+    kv_dtype_bytes: int = 2,
 ) -> MemoryPlan:
     """Mirror SGLang 0.5.17's static sizing: ``gpu * mfs`` holds weights, ``req_to_token`` and the KV pool.
 
     ``req_to_token`` is an int32 table of ``(max_running_requests + 1) x (context_length + 4)``; SGLang uses at
     least 2048 rows unless ``max_running_requests`` is given. ``headroom`` (``gpu * (1 - mfs)``) is what
-    activations, the FlashInfer workspace and the CUDA context share.
+    activations, the FlashInfer workspace and the CUDA context share. ``kv_dtype_bytes``: 2 for bf16/fp16, 1 for fp8.
     """
     static = gpu_gib * mem_fraction_static
     weights = shape.weight_bytes() / GIB
     r2t = (max_running_requests + 1) * (context_length + 4) * 4 / GIB
     pool_gib = max(0.0, static - weights - r2t)
-    tokens = int(pool_gib * GIB // shape.kv_bytes_per_token())
+    kv_token = shape.kv_bytes_per_token(kv_dtype_bytes)
+    tokens = int(pool_gib * GIB // kv_token)
     if max_total_tokens is not None and max_total_tokens > 0 and max_total_tokens < tokens:
         tokens = max_total_tokens
-        pool_gib = tokens * shape.kv_bytes_per_token() / GIB
+        pool_gib = tokens * kv_token / GIB
     headroom = gpu_gib - weights - r2t - pool_gib
     return MemoryPlan(
         gpu_gib=gpu_gib,
@@ -219,3 +223,26 @@ def plan_memory(
         headroom_gib=headroom,
         context_length=context_length,
     )
+
+
+# Device memory outside SGLang's static pool that does not grow with the chunk: CUDA context, cuBLAS/FlashInfer
+# workspaces, decode CUDA graphs. Fitted with the per-token term below to the committed peaks (nvidia-smi,
+# device-wide): 7B-1M shape, chunk 8192 on H100 (600K: 50.0 GiB; 128K/256K: 32.0 GiB) and chunk 16384 on H200
+# (1M: 73.0 GiB); the model reproduces all three within 0.1 GiB.
+OVERHEAD_FIXED_GIB = 2.1
+
+
+def prefill_overhead_gib(shape: ModelShape, chunked_prefill_size: int, dtype_bytes: int = 2) -> float:
+    """Predicted device memory beyond weights, ``req_to_token`` and the KV pool during a chunked prefill (GiB).
+
+    ``OVERHEAD_FIXED_GIB`` plus the live activations of one prefill chunk: per token the gate/up output and the
+    activated MLP (``3 * intermediate``), the 5-wide DCA query (``5 * heads * head_dim``), K and V
+    (``2 * kv_heads * head_dim``) and about six hidden-size buffers (residual, norm output, attention output,
+    temporaries) in ``dtype_bytes`` each: 196.6 KB/token for Qwen2.5-7B, 1.5 GiB at 8192 tokens.
+    """
+    if chunked_prefill_size <= 0:
+        raise ValueError(f"chunked_prefill_size must be > 0, got {chunked_prefill_size}")
+    per_token = dtype_bytes * (
+        3 * shape.intermediate + 5 * shape.heads * shape.head_dim + 2 * shape.kv_heads * shape.head_dim + 6 * shape.hidden
+    )
+    return OVERHEAD_FIXED_GIB + chunked_prefill_size * per_token / GIB

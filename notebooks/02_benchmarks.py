@@ -1,0 +1,209 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Benchmarks: what we measured, and what the planner predicts
+#
+# Every number here is read from the committed result files `benchmarks/results/*.json` (each records its
+# command, GPU and versions); nothing is re-measured on CPU. The floors are FLOP arithmetic
+# (`sgl_qwen1m.bench.floor`). The last section is the memory planner (`sgl_qwen1m.api.plan_memory_for`), checked
+# against the measured peaks. With `GPU = True` the final cell times one prefill through the API.
+#
+# Stored as a jupytext percent-format `.py` file; `tests/test_notebooks.py` executes it in CI.
+
+# %%
+import os
+from pathlib import Path
+
+import matplotlib
+
+if not os.environ.get("MPLBACKEND"):
+    matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+
+from sgl_qwen1m.api import GPUS, PREFILL_EFFICIENCY, plan_memory_for, prefill_eta_s
+from sgl_qwen1m.bench.floor import QWEN25_7B, prefill_floor_s
+from sgl_qwen1m.bench.results import Results
+
+GPU = torch.cuda.is_available()
+ROOT = Path.cwd() if (Path.cwd() / "pyproject.toml").exists() else Path.cwd().parent
+RES = ROOT / "benchmarks" / "results"
+# Figures land in benchmarks/results/notebooks/; CI points SGL_QWEN1M_FIG_DIR at a temporary folder instead.
+FIG_DIR = Path(os.environ.get("SGL_QWEN1M_FIG_DIR") or RES / "notebooks")
+FIG_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def save(fig, name):
+    path = FIG_DIR / f"{name}.png"
+    fig.savefig(path, dpi=72, bbox_inches="tight")
+    print(f"saved {path.name} ({path.stat().st_size // 1024} KB)")
+
+
+def rows(name, metric):
+    data = Results.load(RES / f"{name}.json")
+    return [r for r in data["rows"] if r["metric"] == metric and r.get("value") is not None], data
+
+
+e2e_ttft, e2e = rows("e2e_7b_h100", "ttft_s")
+s600_ttft, s600 = rows("serve_smoke_600k_h100", "ttft_s")
+s1m_ttft, s1m = rows("serve_smoke_1m_h200", "ttft_s")
+for d in (e2e, s600, s1m):
+    print(f"{d['gpu']:45s} {d['date']}  {d['command'][:90]}...")
+print("GPU mode:", GPU)
+
+# %% [markdown]
+# ## Time to first token vs prompt length
+# 7B-1M shape, dummy weights, batch 1. `flashinfer` is SGLang's backend on the 7B shape without DCA; `qwen1m-dense`
+# is this plugin. The dashed line is the dense FLOP floor at 800 TFLOP/s; the dotted one divides it by the measured
+# efficiency (0.70) that `prefill_progress` uses for its estimate.
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 4))
+for backend, color in (("flashinfer", "C7"), ("qwen1m-dense", "C0")):
+    pts = sorted((r["prompt_tokens"], r["value"]) for r in e2e_ttft if r["backend"] == backend)
+    ax.plot(*zip(*pts), "o-", color=color, label=f"{backend} (H100, Engine)")
+for data_rows, marker, label in ((s600_ttft, "s", "qwen1m 600K (H100, server)"), (s1m_ttft, "D", "qwen1m 1M (H200, server)")):
+    ax.plot([r["prompt_tokens"] for r in data_rows], [r["value"] for r in data_rows], marker, color="C3", label=label)
+xs = [2**i for i in range(16, 21)] + [1_000_000]
+ax.plot(xs, [prefill_floor_s(QWEN25_7B, x) for x in xs], "--", color="0.4", lw=1, label="dense floor, 800 TFLOP/s")
+ax.plot(xs, [prefill_eta_s(x) for x in xs], ":", color="0.4", lw=1, label=f"floor / {PREFILL_EFFICIENCY} (estimate)")
+ax.set_xscale("log")
+ax.set_yscale("log")
+ax.set_xlabel("prompt tokens")
+ax.set_ylabel("TTFT (s)")
+ax.set_title("Qwen2.5-7B-1M shape: time to first token")
+ax.legend(fontsize=7)
+ax.grid(alpha=0.3, which="both")
+save(fig, "ttft_vs_length")
+plt.show()
+
+for r in sorted(e2e_ttft + s600_ttft + s1m_ttft, key=lambda r: (r["prompt_tokens"], r["backend"])):
+    floor = prefill_floor_s(QWEN25_7B, r["prompt_tokens"])
+    print(f"{r['backend']:13s} {r['prompt_tokens']:>9,} tokens: TTFT {r['value']:7.1f} s, floor {floor:6.1f} s, "
+          f"efficiency {floor / r['value']:.2f}")
+
+# %% [markdown]
+# ## Decode step
+# One decode step of the whole model (batch 1) at the given context, from streaming (`e2e`, `serve-smoke`), and the
+# attention alone (28 layers in a CUDA graph, `decode_ops_h100.json`).
+
+# %%
+dec_e2e, _ = rows("e2e_7b_h100", "decode_step_ms")
+dec_600, _ = rows("serve_smoke_600k_h100", "decode_step_ms")
+dec_1m, _ = rows("serve_smoke_1m_h200", "decode_step_ms")
+ops, _ = rows("decode_ops_h100", "decode_attn_ms")
+labels, values, colors = [], [], []
+for r in dec_e2e:
+    labels.append(f"{r['backend']}\n{r['prompt_tokens'] // 1024}K H100")
+    values.append(r["value"])
+    colors.append("C7" if r["backend"] == "flashinfer" else "C0")
+for r, gpu in ((dec_600[0], "H100"), (dec_1m[0], "H200")):
+    labels.append(f"qwen1m\n{r['prompt_tokens'] // 1000}K {gpu}")
+    values.append(r["value"])
+    colors.append("C3")
+fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.2), gridspec_kw={"width_ratios": [2, 1.3]})
+a1.bar(range(len(values)), values, color=colors)
+a1.set_xticks(range(len(values)), labels, fontsize=7)
+a1.set_ylabel("ms / step (whole model)")
+a1.set_title("decode step, end to end")
+for backend, color in (("flashinfer", "C7"), ("qwen1m-dense", "C0")):
+    pts = sorted((r["prompt_tokens"], r["value"]) for r in ops if r["backend"] == backend)
+    a2.plot([p[0] // 1024 for p in pts], [p[1] for p in pts], "o-", color=color, label=backend)
+a2.set_xlabel("context (K tokens)")
+a2.set_ylabel("ms (attention, 28 layers)")
+a2.set_title("decode attention, H100")
+a2.legend(fontsize=7)
+fig.tight_layout()
+save(fig, "decode_step")
+plt.show()
+
+# %% [markdown]
+# ## Memory planner vs measured peaks
+# Each serve run fixed `mem_fraction_static` and `max_total_tokens`; the planner predicts the device-wide peak for
+# the same settings. Then the planner's own recommendations for 7B and 14B on H100 80GB and H200.
+
+# %%
+checks = [
+    ("serve_smoke_600k_h100", "h100"),
+    ("serve_smoke_1m_h200", "h200"),
+]
+for name, gpu in checks:
+    peak_rows, data = rows(name, "peak_mem_gib")
+    cfg = data["serve_config"]
+    advice = plan_memory_for(
+        cfg["prompt_tokens"], gpu_gib=gpu, new_tokens=cfg["new_tokens"], mem_fraction_static=cfg["mem_fraction_static"],
+        max_running_requests=cfg["max_running_requests"], chunked_prefill_size=cfg["chunked_prefill_size"],
+        max_total_tokens=cfg["context_length"],
+    )
+    print(f"{name}: measured peak {peak_rows[0]['value']:.1f} GiB, planner {advice.predicted_peak_gib:.1f} GiB "
+          f"(mem_fraction_static {cfg['mem_fraction_static']}, context {cfg['context_length']:,})")
+
+# %%
+LENGTHS = (131_072, 262_144, 600_000, 1_000_000)
+table = []
+for model in ("qwen2.5-7b-1m", "qwen2.5-14b-1m"):
+    for gpu in ("h100", "h200"):
+        for kv in ("bf16", "fp8"):
+            for n in LENGTHS:
+                a = plan_memory_for(n, model, gpu_gib=gpu, kv_dtype=kv)
+                table.append(a)
+header = f"{'model':15s} {'GPU':5s} {'KV':4s} {'prompt':>9s} {'fits':5s} {'mfs':>5s} {'chunk':>6s} {'KV GiB':>7s} {'peak':>6s} {'free':>6s}"
+print(header)
+for a in table:
+    gpu = "H100" if a.gpu_gib < 100 else "H200"
+    print(f"{a.model:15s} {gpu:5s} {a.kv_dtype:4s} {a.prompt_tokens:>9,} {str(a.fits):5s} {a.mem_fraction_static:5.2f} "
+          f"{a.chunked_prefill_size:6d} {a.kv_gib:7.1f} {a.predicted_peak_gib:6.1f} {a.headroom_gib:6.1f}")
+print("fp8 KV rows are arithmetic only: qwen1m serves bf16/fp16 KV caches today.")
+
+# %%
+from sgl_qwen1m.api import MODELS
+from sgl_qwen1m.bench.floor import GIB, prefill_overhead_gib
+
+fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
+xs = list(range(32_768, 1_010_001, 32_768))
+for ax, model in zip(axes, ("qwen2.5-7b-1m", "qwen2.5-14b-1m")):
+    shape = MODELS[model].shape
+    base = shape.weight_bytes() / GIB + prefill_overhead_gib(shape, 8192)
+    for kv, nbytes, style in (("bf16", 2, "-"), ("fp8", 1, "-.")):
+        ax.plot([x / 1000 for x in xs], [base + x * shape.kv_bytes_per_token(nbytes) / GIB for x in xs], style,
+                color="0.2", lw=1.2, label=f"weights + {kv} KV + activations")
+    for gpu, color in (("h100", "C0"), ("h200", "C1")):
+        ax.axhline(GPUS[gpu], color=color, ls="--", lw=1, label=f"{gpu.upper()} {GPUS[gpu]:.0f} GiB")
+    ax.set_title(model)
+    ax.set_xlabel("context (K tokens)")
+    ax.set_ylim(0, 260)
+    ax.grid(alpha=0.3)
+axes[0].set_ylabel("predicted peak (GiB)")
+axes[0].legend(fontsize=7)
+fig.tight_layout()
+save(fig, "memory_planner")
+plt.show()
+
+# %% [markdown]
+# ## GPU mode: one long prefill through the API
+# Starts an Engine with planner defaults and times one prefill with the estimate bar. Not executed in CI.
+
+# %%
+if GPU:
+    import random
+
+    from sgl_qwen1m.api import launch_engine, prefill_progress
+
+    MODEL = os.environ.get("SGL_QWEN1M_MODEL", "Qwen/Qwen2.5-7B-Instruct-1M")
+    N = int(os.environ.get("SGL_QWEN1M_PROMPT_TOKENS", "131072"))
+    engine = launch_engine(MODEL, prompt_tokens=N)
+    ids = [random.randrange(1000, 30000) for _ in range(N)]
+    with prefill_progress(N):
+        out = engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 1})
+    print(out["meta_info"])
+    engine.shutdown()
+else:
+    print("no CUDA GPU: skipped the Engine cell")
