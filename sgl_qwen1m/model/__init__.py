@@ -1,0 +1,13 @@
+"""The bundled tiny DCA model: tokenizer, config, pure-torch Qwen2 reference and training script.
+
+* ``vocab``: the word-level tokenizer (``tokenizers``), saved as ``tokenizer.json`` + config files;
+* ``spec``: ``config.json`` of the bundled model, its directory, and the plain-RoPE variant export;
+* ``torch_qwen2``: :class:`TinyQwen2`, a pure-torch Qwen2 with plain RoPE or DCA (CPU or CUDA);
+* ``train``: ``python -m sgl_qwen1m.model.train`` (synthetic long-context retrieval).
+
+Nothing here imports SGLang.
+"""
+
+from sgl_qwen1m.model.spec import BUNDLED_MODEL_DIR, export_rope_variant, has_weights, make_config, require_weights
+
+__all__ = ["BUNDLED_MODEL_DIR", "export_rope_variant", "has_weights", "make_config", "require_weights"]
