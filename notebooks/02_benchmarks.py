@@ -29,7 +29,7 @@ if not os.environ.get("MPLBACKEND"):
 import matplotlib.pyplot as plt
 import torch
 
-from sgl_qwen1m.api import GPUS, PREFILL_EFFICIENCY, plan_memory_for, prefill_eta_s
+from sgl_qwen1m.api import GPUS, PREFILL_EFFICIENCY, plan_for_serve_config, plan_memory_for, prefill_eta_s
 from sgl_qwen1m.bench.floor import QWEN25_7B, prefill_floor_s
 from sgl_qwen1m.bench.results import Results
 
@@ -138,11 +138,7 @@ checks = [
 for name, gpu in checks:
     peak_rows, data = rows(name, "peak_mem_gib")
     cfg = data["serve_config"]
-    advice = plan_memory_for(
-        cfg["prompt_tokens"], gpu_gib=gpu, new_tokens=cfg["new_tokens"], mem_fraction_static=cfg["mem_fraction_static"],
-        max_running_requests=cfg["max_running_requests"], chunked_prefill_size=cfg["chunked_prefill_size"],
-        max_total_tokens=cfg["context_length"],
-    )
+    advice = plan_for_serve_config(cfg, gpu)
     print(f"{name}: measured peak {peak_rows[0]['value']:.1f} GiB, planner {advice.predicted_peak_gib:.1f} GiB "
           f"(mem_fraction_static {cfg['mem_fraction_static']}, context {cfg['context_length']:,})")
 

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Mapping, Optional, Union
 
 from .bench.floor import (
     GIB,
@@ -33,6 +33,7 @@ from .bench.floor import (
 )
 
 __all__ = [
+    "plan_for_serve_config",
     "GPUS",
     "MODELS",
     "KV_DTYPES",
@@ -232,6 +233,15 @@ def plan_memory_for(
         if tries[-1].fits:
             return tries[-1]
     return tries[0]  # nothing fits: report the default chunk
+
+
+def plan_for_serve_config(cfg: Mapping[str, Any], gpu_gib: Union[float, str]) -> "MemoryAdvice":
+    """The planner's answer for the settings a ``bench serve-smoke`` run recorded (its ``serve_config``)."""
+    return plan_memory_for(
+        cfg["prompt_tokens"], gpu_gib=gpu_gib, new_tokens=cfg["new_tokens"],
+        mem_fraction_static=cfg["mem_fraction_static"], max_running_requests=cfg["max_running_requests"],
+        chunked_prefill_size=cfg["chunked_prefill_size"], max_total_tokens=cfg["context_length"],
+    )
 
 
 def _plan_one(

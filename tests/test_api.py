@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sgl_qwen1m import api
-from sgl_qwen1m.api import engine_kwargs_for, plan_memory_for, prefill_eta_s, prefill_progress
+from sgl_qwen1m.api import engine_kwargs_for, plan_for_serve_config, plan_memory_for, prefill_eta_s, prefill_progress
 from sgl_qwen1m.bench import floor
 from sgl_qwen1m.bench.results import Results
 
@@ -26,11 +26,7 @@ def _measured(name: str, metric: str) -> tuple[float, dict]:
 def test_planner_reproduces_the_measured_serve_runs(name: str, gpu: str) -> None:
     peak, data = _measured(name, "peak_mem_gib")
     cfg = data["serve_config"]
-    a = plan_memory_for(
-        cfg["prompt_tokens"], gpu_gib=gpu, new_tokens=cfg["new_tokens"], mem_fraction_static=cfg["mem_fraction_static"],
-        max_running_requests=cfg["max_running_requests"], chunked_prefill_size=cfg["chunked_prefill_size"],
-        max_total_tokens=cfg["context_length"],
-    )
+    a = plan_for_serve_config(cfg, gpu)
     assert a.fits
     assert a.context_length == cfg["context_length"]  # same rounding as the benchmark
     assert a.predicted_peak_gib == pytest.approx(peak, abs=0.5)
