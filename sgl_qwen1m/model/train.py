@@ -1,6 +1,7 @@
 """Train the bundled tiny DCA model from scratch on synthetic long-context retrieval.
 
-    python -m sgl_qwen1m.model.train --out sgl_qwen1m/data/tiny-dca --steps 3000 --seq-len 4096 --device cuda
+    python -m sgl_qwen1m.model.train --out sgl_qwen1m/data/tiny-dca --seq-len 1024 --rope-theta 2500 \
+        --steps 2000 --tasks copy,passkey --dca-aug 0.5 --seed 0 --device cuda --eval-multiples 1,8   # bundled
     python -m sgl_qwen1m.model.train --out /tmp/smoke --steps 20 --seq-len 256 --device cpu   # smoke, < 1 min
 
 Data: every step draws one length ``L`` (half the time the current longest, else log-uniform from ``--min-len``;
