@@ -9,7 +9,7 @@ Prefill (any extend: plain, chunked, prefix hit) is two kernel calls per layer:
 
 Partial results are merged by their base-2 LSE. Short sequences have no cross segments and run only the
 intra call, which is plain causal FlashInfer attention. Decode is one call over ``3 * B`` virtual requests
-(stage-major, fixed shape so CUDA graphs can replay it) followed by a masked LSE merge.
+(request-major, fixed shape so CUDA graphs can replay it) followed by one ``merge_states`` over the three stages.
 
 YaRN's attention temperature is applied by multiplying queries by ``s**2`` (per request); cached keys are
 never rescaled, so the radix cache stays valid across requests of any length.
