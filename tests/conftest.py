@@ -24,6 +24,32 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "sgl_qwen1m"))
 # CPU is shared with other jobs. Override with SGL_QWEN1M_TEST_THREADS.
 torch.set_num_threads(int(os.environ.get("SGL_QWEN1M_TEST_THREADS", "1")))
 
+# Without a GPU, Triton kernels run in Triton's CPU interpreter (read when a kernel is first defined, so set it
+# before any test module imports Triton).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def _interpreter_scalar_index_shim() -> None:
+    """Triton 3.6's interpreter turns a loaded scalar into a Python int with ``int(ndarray)``, which NumPy >= 2.4
+    rejects for the 1-element arrays it holds (so ``range(0, n)`` with a loaded ``n`` fails). Use ``.item()``."""
+    try:
+        import numpy as np
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    orig = interpreter._patch_lang_tensor
+
+    def patched(tensor, scope):
+        orig(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
+
+    interpreter._patch_lang_tensor = patched
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    _interpreter_scalar_index_shim()
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:

@@ -29,6 +29,7 @@ def dca_attention_ref(
     sm_scale: float,
     logit_scale: float = 1.0,
     block: int = 256,
+    key_mask: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact DCA attention of one request, in fp32.
 
@@ -49,6 +50,8 @@ def dca_attention_ref(
         YaRN multiplier ``s**2`` applied to every logit.
     block : int
         Queries per step (memory bound: ``3 * H * block * L`` floats).
+    key_mask : torch.Tensor or None
+        ``[Tq, H, L]`` bool: keys each query may attend besides causality (sparse attention); None = all.
 
     Returns
     -------
@@ -80,6 +83,8 @@ def dca_attention_ref(
             sel = torch.gather(logits, 0, stage.clamp(min=0)[None, :, None, :].expand(1, -1, h, -1))[0]
         sel = sel * (sm_scale * logit_scale)
         sel = sel.masked_fill((kpos[None, :] > pos[:, None])[:, None, :], float("-inf"))  # [b, H, L]
+        if key_mask is not None:
+            sel = sel.masked_fill(~key_mask[s : s + block].to(sel.device), float("-inf"))
         lse = torch.logsumexp(sel, dim=-1)  # [b, H]
         p = torch.exp(sel - lse[..., None])
         outs.append(torch.einsum("bhl,lhd->bhd", p, vf))

@@ -1,0 +1,373 @@
+"""Triton kernels for vertical-slash sparse prefill on SGLang's paged KV pool (no K/V copies, no GQA repeat).
+
+* ``estimate_vs``: two passes over the keys of each piece (one query head per program, 64 estimation rows):
+  pass 1 the fp32 log-sum-exp of every row, pass 2 the softmax column sums (vertical) and diagonal sums (slash).
+  Workspace is ``[P, H, L]`` scores plus ``[P, H, S, 64]`` partials: no ``[H, 64, L]`` tensor.
+* ``vs_attention``: one launch per layer for every piece, head and 64-row query block. It walks the head's block
+  diagonals and then its extra columns, switching between the intra / succ / inter query rotations by key region,
+  so all DCA stages of a query merge inside one online softmax (no LSE merge pass). Keys and values are read
+  through ``req_to_token`` from the pool, by KV head, so a GQA group's query heads (adjacent programs) share
+  them in L2. Returns natural-log LSE.
+
+fp32 oracles: :mod:`sgl_qwen1m.attention.sparse_reference`; tests: ``tests/test_sparse*.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from sgl_qwen1m.attention.vertical_slash import BLOCK
+
+__all__ = ["estimate_vs", "vs_attention"]
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, var, h, D: tl.constexpr):
+    """``[BM, D]`` rows of query variant ``var`` of head ``h`` (unscaled: logits are scaled in fp32 after the dot)."""
+    d = tl.arange(0, D)
+    return tl.load(Q + trow[:, None] * s_qt + var * s_qv + h * s_qh + d[None, :], mask=rmask[:, None], other=0.0)
+
+
+@triton.jit
+def _load_kv(X, s_xn, kvoff, slots, cmask, D: tl.constexpr):
+    d = tl.arange(0, D)
+    return tl.load(X + slots[:, None] * s_xn + kvoff + d[None, :], mask=cmask[:, None], other=0.0)
+
+
+@triton.jit
+def _est_setup(PIECE, QS, p, BM: tl.constexpr):
+    meta = PIECE + p * 8
+    pool = tl.load(meta).to(tl.int64)
+    qrow0 = tl.load(meta + 1)
+    qpos0 = tl.load(meta + 2)
+    qlen = tl.load(meta + 3)
+    c0 = tl.load(meta + 4)
+    n = tl.load(meta + 5)
+    qend = qpos0 + qlen
+    i = tl.arange(0, BM)
+    rmask = i < n
+    pos = qend - n + i
+    trow = (qrow0 + qlen - n + i).to(tl.int64)
+    return pool, c0, n, qend, rmask, pos, trow
+
+
+@triton.jit
+def _est_logits(q0, q1, q2, scale, K, s_kn, kvoff, R2T, pool, s_r2t, t, c0, cl, qend, pos, rmask,
+                BN: tl.constexpr, D: tl.constexpr, DCA: tl.constexpr):
+    c = t * BN
+    cols = c + tl.arange(0, BN)
+    cmask = cols < qend
+    slots = tl.load(R2T + pool * s_r2t + cols, mask=cmask, other=0).to(tl.int64)
+    k = _load_kv(K, s_kn, kvoff, slots, cmask, D)
+    if DCA:
+        qq = tl.where(c >= c0, q0, tl.where(c >= c0 - cl, q1, q2))
+    else:
+        qq = q0
+    s = tl.dot(qq, tl.trans(k)) * scale[:, None]  # fp32 logits in log2 units
+    valid = rmask[:, None] & (cols[None, :] <= pos[:, None])
+    return tl.where(valid, s, float("-inf")), valid, cols, cmask, c
+
+
+@triton.jit
+def _est_lse_kernel(
+    Q, s_qt, s_qv, s_qh, QS, K, s_kn, s_kh, R2T, s_r2t, PIECE, ML, sm_log2, cl, nsplit,
+    G: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, DCA: tl.constexpr,
+):
+    h = tl.program_id(0)
+    p = tl.program_id(1)
+    sp = tl.program_id(2)
+    H = tl.num_programs(0)
+    pool, c0, n, qend, rmask, pos, trow = _est_setup(PIECE, QS, p, BM)
+    scale = tl.load(QS + trow, mask=rmask, other=0.0) * sm_log2
+    q0 = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 0, h, D)
+    if DCA:
+        q1 = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 3, h, D)
+        q2 = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 4, h, D)
+    else:
+        q1 = q0
+        q2 = q0
+    kvoff = (h // G) * s_kh
+    m = tl.full([BM], float("-inf"), tl.float32)
+    l = tl.zeros([BM], tl.float32)
+    for t in range(sp, tl.cdiv(qend, BN), nsplit):
+        s, valid, cols, cmask, c = _est_logits(q0, q1, q2, scale, K, s_kn, kvoff, R2T, pool, s_r2t,
+                                               t, c0, cl, qend, pos, rmask, BN, D, DCA)
+        m_new = tl.maximum(m, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        l = l * tl.exp2(m - m_safe) + tl.sum(tl.exp2(s - m_safe[:, None]), 1)
+        m = m_new
+    out = ML + ((p * H + h) * nsplit + sp) * (2 * BM) + tl.arange(0, BM)
+    tl.store(out, m)
+    tl.store(out + BM, l)
+
+
+@triton.jit
+def _est_scores_kernel(
+    Q, s_qt, s_qv, s_qh, QS, K, s_kn, s_kh, R2T, s_r2t, PIECE, LSE2, VERT, SLASH, s_sc_p, s_sc_h,
+    sm_log2, cl, nsplit,
+    G: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, DCA: tl.constexpr,
+):
+    h = tl.program_id(0)
+    p = tl.program_id(1)
+    sp = tl.program_id(2)
+    H = tl.num_programs(0)
+    pool, c0, n, qend, rmask, pos, trow = _est_setup(PIECE, QS, p, BM)
+    scale = tl.load(QS + trow, mask=rmask, other=0.0) * sm_log2
+    q0 = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 0, h, D)
+    if DCA:
+        q1 = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 3, h, D)
+        q2 = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 4, h, D)
+    else:
+        q1 = q0
+        q2 = q0
+    kvoff = (h // G) * s_kh
+    i = tl.arange(0, BM)
+    lse = tl.load(LSE2 + (p * H + h) * BM + i, mask=rmask, other=0.0)
+    e = tl.arange(0, BN)
+    # out[i, e] = prob[i, i - e + BN - 1]: row-shifted so that each output column is one diagonal
+    j_lo = i[:, None] - e[None, :] + BN - 1
+    j_hi = j_lo - BN
+    ok_lo = (j_lo >= 0) & (j_lo < BN)
+    ok_hi = (j_hi >= 0) & (j_hi < BN)
+    vbase = VERT + p * s_sc_p + h * s_sc_h
+    sbase = SLASH + p * s_sc_p + h * s_sc_h
+    for t in range(sp, tl.cdiv(qend, BN), nsplit):
+        s, valid, cols, cmask, c = _est_logits(q0, q1, q2, scale, K, s_kn, kvoff, R2T, pool, s_r2t,
+                                               t, c0, cl, qend, pos, rmask, BN, D, DCA)
+        pr = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
+        tl.store(vbase + cols, tl.sum(pr, 0), mask=cmask)
+        lo = tl.sum(tl.where(ok_lo, tl.gather(pr, tl.where(ok_lo, j_lo, 0), axis=1), 0.0), 0)
+        hi = tl.sum(tl.where(ok_hi, tl.gather(pr, tl.where(ok_hi, j_hi, 0), axis=1), 0.0), 0)
+        # diagonal o = pos_i - col = (qend - n - c) + (i - j), and i - j = e - (BN - 1) (+ BN for the high half)
+        o_lo = (qend - n - c) + e - (BN - 1)
+        o_hi = o_lo + BN
+        tl.atomic_add(sbase + o_lo, lo, mask=(o_lo >= 0) & (o_lo < qend), sem="relaxed")
+        tl.atomic_add(sbase + o_hi, hi, mask=(o_hi >= 0) & (o_hi < qend) & (e < BM - 1), sem="relaxed")
+
+
+def _nsplit(programs: int, tiles: int, device: torch.device) -> int:
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    return max(1, min(tiles, -(-4 * sms // max(programs, 1))))
+
+
+def estimate_vs(
+    q: torch.Tensor,
+    q_scale: torch.Tensor,
+    k_cache: torch.Tensor,
+    req_to_token: torch.Tensor,
+    piece_table: torch.Tensor,
+    max_len: int,
+    sm_scale: float,
+    chunk_len: Optional[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vertical and slash scores of every piece (see :mod:`sgl_qwen1m.attention.vertical_slash`).
+
+    Parameters
+    ----------
+    q : ``[T, V, H, D]`` query variants (``V == 5`` with DCA: intra, succ, inter, succ_critical, inter_critical).
+    q_scale : ``[T]`` float32 per-token logit multiplier (YaRN ``s**2``; ones without).
+    k_cache : ``[N, Hkv, D]`` the layer's key pool.
+    req_to_token : ``[R, ctx]`` int32 slot table; piece_table : ``[P, 8]`` int32 (``PiecePlan.piece_table``, with
+        column 0 already mapped to the request's row in ``req_to_token``).
+    max_len : L, the longest ``q_end``.
+
+    Returns
+    -------
+    (vertical, slash) ``[P, H, L]`` float32.
+    """
+    t, nv, h, d = q.shape
+    hkv = k_cache.shape[1]
+    p = piece_table.shape[0]
+    dca = chunk_len is not None
+    if dca and nv < 5:
+        raise ValueError(f"estimate_vs: DCA needs the 5 query variants, got {nv}")
+    tiles = triton.cdiv(max_len, BLOCK)
+    ns = _nsplit(h * p, tiles, q.device)
+    ml = torch.empty(p, h, ns, 2, BLOCK, dtype=torch.float32, device=q.device)
+    sm_log2 = sm_scale * LOG2E
+    cl = chunk_len if dca else 1 << 30
+    common = dict(G=h // hkv, D=d, BM=BLOCK, BN=BLOCK, DCA=dca, num_warps=4)
+    grid = (h, p, ns)
+    _est_lse_kernel[grid](q, q.stride(0), q.stride(1), q.stride(2), q_scale, k_cache, k_cache.stride(0),
+                          k_cache.stride(1), req_to_token, req_to_token.stride(0), piece_table, ml, sm_log2, cl, ns,
+                          **common)
+    m, l = ml[:, :, :, 0], ml[:, :, :, 1]
+    mx = m.amax(dim=2, keepdim=True)
+    mx_safe = torch.where(torch.isinf(mx), torch.zeros_like(mx), mx)
+    lse2 = (mx_safe + torch.log2((l * torch.exp2(m - mx_safe)).sum(2, keepdim=True))).squeeze(2).contiguous()
+    vert = torch.zeros(p, h, max_len, dtype=torch.float32, device=q.device)
+    slash = torch.zeros_like(vert)
+    _est_scores_kernel[grid](q, q.stride(0), q.stride(1), q.stride(2), q_scale, k_cache, k_cache.stride(0),
+                             k_cache.stride(1), req_to_token, req_to_token.stride(0), piece_table, lse2, vert, slash,
+                             vert.stride(0), vert.stride(1), sm_log2, cl, ns, **common)
+    return vert, slash
+
+
+# ----------------------------------------------------------------------------------------------- sparse attention
+
+
+@triton.jit
+def _online(m, l, acc, s, v):
+    m_new = tl.maximum(m, tl.max(s, 1))
+    alpha = tl.exp2(m - m_new)
+    pr = tl.exp2(s - m_new[:, None])
+    l = l * alpha + tl.sum(pr, 1)
+    acc = acc * alpha[:, None] + tl.dot(pr.to(v.dtype), v)
+    return m_new, l, acc
+
+
+@triton.jit
+def _diag_loop(q, scale, m, l, acc, lo, hi, dg, rb, rows, qend, R2T, pool, s_r2t, K, s_kn, kvoff, V, s_vn, vvoff,
+               BN: tl.constexpr, D: tl.constexpr):
+    for t in range(lo, hi):
+        dd = tl.load(dg + t)
+        cols = (rb - dd) * BN + tl.arange(0, BN)
+        cmask = cols < qend
+        slots = tl.load(R2T + pool * s_r2t + cols, mask=cmask, other=0).to(tl.int64)
+        k = _load_kv(K, s_kn, kvoff, slots, cmask, D)
+        s = tl.dot(q, tl.trans(k)) * scale[:, None]
+        s = tl.where(cols[None, :] <= rows[:, None], s, float("-inf"))
+        v = _load_kv(V, s_vn, vvoff, slots, cmask, D)
+        m, l, acc = _online(m, l, acc, s, v)
+    return m, l, acc
+
+
+@triton.jit
+def _col_loop(q, scale, m, l, acc, lo, hi, vc, cv, rb, R2T, pool, s_r2t, K, s_kn, kvoff, V, s_vn, vvoff,
+              BN: tl.constexpr, D: tl.constexpr):
+    for t in range(lo, hi, BN):
+        idx = t + tl.arange(0, BN)
+        im = idx < hi
+        cols = tl.load(vc + idx, mask=im, other=0)
+        covered = tl.load(cv + (rb - cols // BN), mask=im, other=1)
+        ok = im & (covered == 0)
+        slots = tl.load(R2T + pool * s_r2t + cols, mask=ok, other=0).to(tl.int64)
+        k = _load_kv(K, s_kn, kvoff, slots, ok, D)
+        s = tl.dot(q, tl.trans(k)) * scale[:, None]
+        s = tl.where(ok[None, :], s, float("-inf"))
+        v = _load_kv(V, s_vn, vvoff, slots, ok, D)
+        m, l, acc = _online(m, l, acc, s, v)
+    return m, l, acc
+
+
+@triton.jit
+def _vs_attn_kernel(
+    Q, s_qt, s_qv, s_qh, QS, K, s_kn, s_kh, V, s_vn, s_vh, O, s_ot, s_oh, LSE, s_lt,
+    R2T, s_r2t, PIECE, BLK, DIAG, s_dg_p, s_dg_h, COV, s_cv_p, s_cv_h, VCOL, s_vc_p, s_vc_h, DCNT, VCNT, MB,
+    sm_log2,
+    G: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, DCA: tl.constexpr,
+):
+    h = tl.program_id(0)
+    b = tl.program_id(1)
+    H = tl.num_programs(0)
+    p = tl.load(BLK + 2 * b)
+    j = tl.load(BLK + 2 * b + 1)
+    meta = PIECE + p * 8
+    pool = tl.load(meta).to(tl.int64)
+    qrow0 = tl.load(meta + 1)
+    qpos0 = tl.load(meta + 2)
+    qlen = tl.load(meta + 3)
+    qend = qpos0 + qlen
+    rb = qpos0 // BM + j
+    rows = rb * BM + tl.arange(0, BM)
+    rmask = (rows >= qpos0) & (rows < qend)
+    trow = tl.where(rmask, qrow0 + rows - qpos0, 0).to(tl.int64)
+    scale = tl.load(QS + trow, mask=rmask, other=0.0) * sm_log2
+    cnt = ((p * H + h) * MB + j) * 3
+    kvoff = (h // G) * s_kh
+    vvoff = (h // G) * s_vh
+    dg = DIAG + p * s_dg_p + h * s_dg_h
+    cv = COV + p * s_cv_p + h * s_cv_h
+    vc = VCOL + p * s_vc_p + h * s_vc_h
+    m = tl.full([BM], float("-inf"), tl.float32)
+    l = tl.zeros([BM], tl.float32)
+    acc = tl.zeros([BM, D], tl.float32)
+    d_intra = tl.load(DCNT + cnt)
+    v_succ = tl.load(VCNT + cnt + 1)
+    v_intra = tl.load(VCNT + cnt + 2)
+    # intra first: block diagonal 0 gives every row a finite running max before any masked column tile
+    q = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 0, h, D)
+    m, l, acc = _diag_loop(q, scale, m, l, acc, 0, d_intra, dg, rb, rows, qend, R2T, pool, s_r2t, K, s_kn, kvoff,
+                           V, s_vn, vvoff, BN, D)
+    m, l, acc = _col_loop(q, scale, m, l, acc, v_succ, v_intra, vc, cv, rb, R2T, pool, s_r2t, K, s_kn, kvoff,
+                          V, s_vn, vvoff, BN, D)
+    if DCA:
+        d_succ = tl.load(DCNT + cnt + 1)
+        d_all = tl.load(DCNT + cnt + 2)
+        v_inter = tl.load(VCNT + cnt)
+        q = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 1, h, D)
+        m, l, acc = _diag_loop(q, scale, m, l, acc, d_intra, d_succ, dg, rb, rows, qend, R2T, pool, s_r2t, K, s_kn,
+                               kvoff, V, s_vn, vvoff, BN, D)
+        m, l, acc = _col_loop(q, scale, m, l, acc, v_inter, v_succ, vc, cv, rb, R2T, pool, s_r2t, K, s_kn, kvoff,
+                              V, s_vn, vvoff, BN, D)
+        q = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 2, h, D)
+        m, l, acc = _diag_loop(q, scale, m, l, acc, d_succ, d_all, dg, rb, rows, qend, R2T, pool, s_r2t, K, s_kn,
+                               kvoff, V, s_vn, vvoff, BN, D)
+        m, l, acc = _col_loop(q, scale, m, l, acc, 0, v_inter, vc, cv, rb, R2T, pool, s_r2t, K, s_kn, kvoff,
+                              V, s_vn, vvoff, BN, D)
+    out = acc / l[:, None]
+    d = tl.arange(0, D)
+    tl.store(O + trow[:, None] * s_ot + h * s_oh + d[None, :], out.to(O.dtype.element_ty), mask=rmask[:, None])
+    if LSE is not None:
+        tl.store(LSE + trow * s_lt + h, (m + tl.log2(l)) * 0.6931471805599453, mask=rmask)
+
+
+def vs_attention(
+    q: torch.Tensor,
+    q_scale: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    req_to_token: torch.Tensor,
+    piece_table: torch.Tensor,
+    block_table: torch.Tensor,
+    diag: torch.Tensor,
+    cov: torch.Tensor,
+    v_idx: torch.Tensor,
+    dcnt: torch.Tensor,
+    vcnt: torch.Tensor,
+    sm_scale: float,
+    dca: bool,
+    out: Optional[torch.Tensor] = None,
+    return_lse: bool = False,
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Sparse DCA attention of every planned piece.
+
+    Parameters
+    ----------
+    q : ``[T, V, H, D]`` query variants (``V >= 3`` with DCA: intra, succ, inter first).
+    q_scale : ``[T]`` float32 per-token logit multiplier.
+    k_cache, v_cache : ``[N, Hkv, D]`` the layer's pools (keys at DCA positions).
+    piece_table : ``[P, 8]`` int32; block_table : ``[NBLK, 2]`` int32 (see ``PiecePlan``).
+    diag, cov : ``[P, H, NB]`` from ``block_pattern``; v_idx : ``[P, H, KV]``; dcnt, vcnt : ``[P, H, MB, 3]``.
+
+    Returns
+    -------
+    out ``[T, H, D]`` in ``q.dtype`` (rows outside the pieces untouched), lse ``[T, H]`` float32 natural log or None.
+    """
+    t, nv, h, d = q.shape
+    hkv = k_cache.shape[1]
+    if dca and nv < 3:
+        raise ValueError(f"vs_attention: DCA needs the intra/succ/inter query variants, got {nv}")
+    if out is None:
+        out = torch.empty(t, h, d, dtype=q.dtype, device=q.device)
+    lse = torch.empty(t, h, dtype=torch.float32, device=q.device) if return_lse else None
+    nblk = block_table.shape[0]
+    if nblk:
+        _vs_attn_kernel[(h, nblk)](
+            q, q.stride(0), q.stride(1), q.stride(2), q_scale,
+            k_cache, k_cache.stride(0), k_cache.stride(1), v_cache, v_cache.stride(0), v_cache.stride(1),
+            out, out.stride(0), out.stride(1), lse, lse.stride(0) if lse is not None else 0,
+            req_to_token, req_to_token.stride(0), piece_table, block_table,
+            diag, diag.stride(0), diag.stride(1), cov, cov.stride(0), cov.stride(1),
+            v_idx, v_idx.stride(0), v_idx.stride(1), dcnt, vcnt, dcnt.shape[2],
+            sm_scale * LOG2E,
+            G=h // hkv, D=d, BM=BLOCK, BN=BLOCK, DCA=dca, num_warps=4, num_stages=2,
+        )
+    return out, lse
