@@ -25,7 +25,7 @@ SGLANG_MODULES = ("sglang", "sgl_kernel")
 KERNEL_MODULES = ("flashinfer", "triton")
 SGLANG_ALLOWED = ("sgl_qwen1m/adapter/*",)
 # bench/ops.py times the plain FlashInfer decode as the baseline it compares against.
-KERNEL_ALLOWED = ("sgl_qwen1m/attention/wrapper.py", "sgl_qwen1m/attention/kernels*.py", "sgl_qwen1m/bench/ops.py")
+KERNEL_ALLOWED = ("sgl_qwen1m/attention/wrapper.py", "sgl_qwen1m/attention/kernels*.py", "sgl_qwen1m/bench/ops.py", "sgl_qwen1m/bench/ops_sparse.py")
 
 
 def _is_type_checking(test: ast.expr) -> bool:

@@ -21,10 +21,12 @@ from sglang.srt.runtime_context import get_buffer
 from sgl_qwen1m.adapter.rope import install_fused_dca_rope
 from sgl_qwen1m.attention.dca import RequestSpan, plan_extend, yarn_logit_scale
 from sgl_qwen1m.attention.wrapper import DCAAttention, DCAShape, DecodeGraphState, DecodeStep, ExtendState
-from sgl_qwen1m.config import DCAConfig
+from sgl_qwen1m.config import ConfigError, DCAConfig, SparseBudgets
 
 if TYPE_CHECKING:
     from flashinfer import BatchDecodeWithPagedKVCacheWrapper
+
+    from sgl_qwen1m.attention.sparse import SparsePrefill, SparseState
     from sglang.srt.layers.radix_attention import RadixAttention
     from sglang.srt.model_executor.forward_batch_info import ForwardBatch
     from sglang.srt.model_executor.model_runner import ModelRunner
@@ -38,7 +40,8 @@ _WORKSPACE_BYTES = 512 * 1024 * 1024  # what SGLang's FlashInfer backend uses fo
 
 @dataclass
 class _ExtendMeta:
-    state: ExtendState
+    state: Optional[ExtendState]  # dense plan (None when the whole batch runs sparse)
+    sparse: Optional["SparseState"] = None
 
 
 @dataclass
@@ -84,6 +87,8 @@ class Qwen1MAttnBackend(AttentionBackend):
                                 device=model_runner.device),
         )
         self.attn = DCAAttention(shape, self.cfg, workspace)
+        self.sparse: Optional["SparsePrefill"] = _make_sparse(mc.hf_config, self.cfg, shape, sa.tp_size,
+                                                              model_runner.tp_rank, model_runner.device)
         fused_rope = install_fused_dca_rope(model_runner.model) if self.cfg is not None else 0
         self.req_to_token = model_runner.req_to_token_pool.req_to_token
         self.token_to_kv_pool = model_runner.token_to_kv_pool
@@ -92,12 +97,13 @@ class Qwen1MAttnBackend(AttentionBackend):
         self.forward_metadata: Union[_ExtendMeta, _DecodeMeta, None] = None
         logger.info(
             "qwen1m attention: %s, heads %d/%d, head_dim %d, chunk_len %s, YaRN original length %s, "
-            "fused DCA RoPE on %d layers",
+            "fused DCA RoPE on %d layers; sparse prefill %s",
             "DCA" if self.cfg else "plain causal (no dual_chunk_attention_config)",
             shape.num_qo_heads, shape.num_kv_heads, head_dim,
             self.cfg.chunk_len if self.cfg else None,
             self.cfg.original_max_position_embeddings if self.cfg else None,
             fused_rope,
+            f"above {self.sparse.threshold} tokens" if self.sparse else "off",
         )
 
     # ---------------------------------------------------------------- metadata
@@ -113,9 +119,9 @@ class Qwen1MAttnBackend(AttentionBackend):
         elif mode.is_target_verify() or mode.is_draft_extend_v2():
             raise ValueError("attention backend 'qwen1m' does not support speculative decoding")
         else:
-            self.forward_metadata = _ExtendMeta(self._plan_extend(forward_batch))
+            self.forward_metadata = self._plan_extend(forward_batch)
 
-    def _plan_extend(self, fb: "ForwardBatch") -> ExtendState:
+    def _plan_extend(self, fb: "ForwardBatch") -> _ExtendMeta:
         prefix = fb.extend_prefix_lens_cpu
         extend = fb.extend_seq_lens_cpu
         if prefix is None or extend is None:
@@ -126,7 +132,15 @@ class Qwen1MAttnBackend(AttentionBackend):
         if self.cfg is not None and self.cfg.original_max_position_embeddings > 0:
             lens = fb.orig_seq_lens if fb.orig_seq_lens is not None else fb.seq_lens
             scale = yarn_logit_scale(lens[: len(spans)], self.cfg)
-        return self.attn.plan_extend(plan, self.req_to_token, fb.req_pool_indices, scale)
+        if self.sparse is not None:
+            token_scale = None
+            if scale is not None:
+                ext = torch.tensor([s.extend_len for s in spans], device=scale.device)
+                token_scale = torch.repeat_interleave(scale, ext, output_size=plan.num_tokens)
+            sparse = self.sparse.plan(plan, spans, fb.req_pool_indices, token_scale)
+            if sparse is not None:
+                return _ExtendMeta(None, sparse)
+        return _ExtendMeta(self.attn.plan_extend(plan, self.req_to_token, fb.req_pool_indices, scale))
 
     def _plan_decode(self, fb: "ForwardBatch", graph: Optional[DecodeGraphState]):
         bs = fb.batch_size
@@ -168,7 +182,11 @@ class Qwen1MAttnBackend(AttentionBackend):
                        save_kv_cache: bool = True, **kwargs):
         self._save_kv(layer, forward_batch, k, v, save_kv_cache)
         kv = self.token_to_kv_pool.get_kv_buffer(layer.layer_id)
-        o = self.attn.run_extend(self.forward_metadata.state, q, kv)
+        meta = self.forward_metadata
+        if meta.sparse is not None:
+            o = self.sparse.run(meta.sparse, layer.layer_id, q, kv, self.req_to_token)
+        else:
+            o = self.attn.run_extend(meta.state, q, kv)
         return o.view(-1, layer.tp_q_head_num * layer.head_dim)
 
     def forward_decode(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch",
@@ -178,3 +196,31 @@ class Qwen1MAttnBackend(AttentionBackend):
         meta = self.forward_metadata
         o = self.attn.run_decode(meta.wrapper, q, kv, meta.step)
         return o.view(-1, layer.tp_q_head_num * layer.head_dim)
+
+
+def _make_sparse(hf_config, cfg: Optional[DCAConfig], shape: DCAShape, tp_size: int, tp_rank: int,
+                 device) -> Optional["SparsePrefill"]:
+    """Sparse prefill when the model's DCA config enables it (SGLang injects ``sparse_attention_config.json``)."""
+    if cfg is None or not cfg.sparse_attention_enabled:
+        return None
+    raw = getattr(hf_config, "dual_chunk_attention_config", None) or {}
+    budgets_raw = raw.get("sparse_attention_config")
+    if not budgets_raw:
+        raise ConfigError(
+            "dual_chunk_attention_config.sparse_attention_enabled is true but no sparse_attention_config.json "
+            "was found beside config.json; add the budgets file or set sparse_attention_enabled to false"
+        )
+    from sgl_qwen1m.attention.sparse import SparsePrefill
+    from sgl_qwen1m.attention.vertical_slash import BLOCK
+
+    if cfg.chunk_len % BLOCK:
+        logger.warning("qwen1m: sparse prefill needs chunk_size - local_size (%d) to be a multiple of %d; "
+                       "running dense prefill", cfg.chunk_len, BLOCK)
+        return None
+    heads = shape.num_qo_heads * tp_size
+    budgets = SparseBudgets.from_list(budgets_raw, num_layers=hf_config.num_hidden_layers, num_heads=heads)
+    return SparsePrefill(
+        shape.num_qo_heads, shape.num_kv_heads, shape.head_dim, shape.sm_scale, cfg,
+        budgets.for_tp_rank(tp_rank, tp_size), device,
+        threshold=cfg.sparse_attention_threshold, last_q=cfg.sparse_attention_last_q,
+    )

@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{e2e,serve-smoke,ops-decode,plot,plan}")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{e2e,serve-smoke,ops-decode,ops-sparse,plot,plan}")
 
     e = sub.add_parser("e2e", help="TTFT / decode step / peak memory per backend through sgl.Engine (dummy weights)")
     e.add_argument(
@@ -198,8 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--max-running-requests", type=int, default=4)
 
     from .ops import add_parser as add_ops_parser
+    from .ops_sparse import add_parser as add_ops_sparse_parser
 
     add_ops_parser(sub, parse_lengths)
+    add_ops_sparse_parser(sub, parse_lengths)
     w = sub.add_parser("_worker")  # internal: one backend in its own process
     w.add_argument("--options", required=True)
     w.add_argument("--backend", required=True, choices=list(SPECS))
@@ -258,6 +260,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if ns.cmd == "plan":
         return _plan(ns)
+    if ns.cmd == "ops-sparse":
+        from .ops_sparse import run as run_ops_sparse
+
+        return run_ops_sparse(ns, args)
     if ns.cmd == "ops-decode":
         from .ops import run as run_ops
 

@@ -1,6 +1,7 @@
 """``python -m sgl_qwen1m.model``: small utilities around the bundled model directory.
 
 python -m sgl_qwen1m.model export-rope-variant --out /tmp/tiny-rope   # copy without dual_chunk_attention_config
+python -m sgl_qwen1m.model export-sparse-variant --out /tmp/tiny-sparse --vertical 128 --slash 256 --threshold 2048
 python -m sgl_qwen1m.model info                                      # shapes, parameter count, weight size
 python -m sgl_qwen1m.model write-config --out DIR [--seq-len 4096]    # config + tokenizer, no weights
 """
@@ -14,6 +15,7 @@ from sgl_qwen1m.model.spec import (
     BUNDLED_MODEL_DIR,
     WEIGHTS_FILE,
     export_rope_variant,
+    export_sparse_variant,
     make_config,
     read_config,
     write_model_dir,
@@ -26,6 +28,12 @@ def main(argv: list[str] | None = None) -> None:
     e = sub.add_parser("export-rope-variant", help="copy a model dir with the DCA config removed (RoPE baseline)")
     e.add_argument("--model", default=str(BUNDLED_MODEL_DIR))
     e.add_argument("--out", required=True)
+    sp = sub.add_parser("export-sparse-variant", help="copy a model dir with uniform sparse-prefill budgets")
+    sp.add_argument("--model", default=str(BUNDLED_MODEL_DIR))
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--vertical", type=int, default=128, help="vertical_size of every head (%(default)s)")
+    sp.add_argument("--slash", type=int, default=256, help="slash_size of every head (%(default)s)")
+    sp.add_argument("--threshold", type=int, default=2048, help="sparse_attention_threshold (%(default)s)")
     i = sub.add_parser("info", help="print the model's shape, parameter count and weight size")
     i.add_argument("--model", default=str(BUNDLED_MODEL_DIR))
     w = sub.add_parser("write-config", help="write config.json + tokenizer files (no weights)")
@@ -34,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.cmd == "export-rope-variant":
         print(export_rope_variant(args.model, args.out))
+    elif args.cmd == "export-sparse-variant":
+        print(export_sparse_variant(args.model, args.out, args.vertical, args.slash, args.threshold))
     elif args.cmd == "write-config":
         print(write_model_dir(args.out, make_config(seq_len=args.seq_len)))
     else:

@@ -145,3 +145,33 @@ def export_rope_variant(model_dir: Union[str, Path], out_dir: Union[str, Path]) 
             shutil.copyfile(src / name, out / name)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out
+
+
+def export_sparse_variant(
+    model_dir: Union[str, Path], out_dir: Union[str, Path], vertical: int, slash: int, threshold: int
+) -> Path:
+    """Copy ``model_dir`` with a ``sparse_attention_config.json`` giving every head ``(vertical, slash)`` budgets and
+    ``sparse_attention_threshold = threshold``: the bundled model's sparse-prefill variant (SGLang loads the budgets
+    file beside ``config.json`` and turns sparse prefill on)."""
+    src, out = Path(model_dir), Path(out_dir)
+    if src.resolve() == out.resolve():
+        raise ValueError("export_sparse_variant: out_dir must differ from model_dir")
+    for name, value in (("vertical", vertical), ("slash", slash), ("threshold", threshold)):
+        if value < 0:
+            raise ValueError(f"export_sparse_variant: {name} must be >= 0, got {value}")
+    config = read_config(src)
+    if "dual_chunk_attention_config" not in config:
+        raise ValueError(f"{src}/config.json has no dual_chunk_attention_config; sparse prefill needs DCA")
+    out.mkdir(parents=True, exist_ok=True)
+    dca = dict(config["dual_chunk_attention_config"], sparse_attention_threshold=threshold)
+    dca.pop("sparse_attention_enabled", None)
+    config["dual_chunk_attention_config"] = dca
+    heads = int(config["num_attention_heads"])
+    budgets = [{str(h): ["vertical_and_slash", vertical, slash, None] for h in range(heads)}
+               for _ in range(int(config["num_hidden_layers"]))]
+    for name in (*TOKENIZER_FILES, "generation_config.json", WEIGHTS_FILE):
+        if (src / name).is_file():
+            shutil.copyfile(src / name, out / name)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "sparse_attention_config.json").write_text(json.dumps(budgets) + "\n")
+    return out

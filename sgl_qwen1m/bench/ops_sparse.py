@@ -1,0 +1,207 @@
+"""Kernel-level sparse prefill: two vertical-slash designs against dense FlashInfer, same GPU, same run.
+
+``python -m sgl_qwen1m.bench ops-sparse --lengths 131072,262144 --chunk 16384 --out benchmarks/results/sparse_ops.json``
+
+Geometry: one prefill chunk of ``--chunk`` queries at the end of an ``n``-token context (what every chunk of a
+chunked prefill runs), 7B shape (28 query heads, 4 KV heads, 128), bf16, budgets of every layer of the real 7B
+``sparse_attention_config.json``. Pattern per head: the ``slash_size`` nearest diagonals (the local band) and
+``vertical_size`` random columns (sinks included): the same index sets for every design.
+
+Designs:
+
+* ``flashinfer``: dense causal FlashInfer paged prefill (the baseline);
+* ``qwen1m-sparse``: this package's Triton kernel on the paged pool (block diagonals + columns, all heads in one
+  launch, GQA by KV-head indexing, no K/V copy);
+* ``sgl_kernel-fwd_sparse``: SGLang's FA2-based ``sparse_attn_func`` after ``convert_vertical_slash_indexes_mergehead``
+  (MInference's kernel; needs contiguous ``[1, n, Hkv, D]`` K/V, here the pool itself);
+* ``estimate``: this package's pattern step (two estimation passes, top-k, block pattern, loop bounds).
+
+Correctness first: with budgets covering every key, both sparse designs must equal dense FlashInfer (n = 8192).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: Any, parse_lengths: Any) -> None:
+    p = sub.add_parser("ops-sparse", help="kernel-level sparse prefill designs vs dense FlashInfer (GPU)")
+    p.add_argument("--lengths", type=parse_lengths, default=[131072, 262144], help="context lengths")
+    p.add_argument("--chunk", type=int, default=16384, help="queries per prefill chunk (%(default)s)")
+    p.add_argument("--budgets", default="benchmarks/models/qwen2.5-7b-1m-shape/sparse_attention_config.json")
+    p.add_argument("--layers", default="all", help="'all' or comma-separated layer ids whose budgets are timed")
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--out", default="benchmarks/results/sparse_ops.json")
+
+
+def _ms(fn, iters: int) -> float:
+    import torch
+
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(iters):
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+class _Setup:
+    """One context of ``n`` keys and a chunk of ``c`` queries at its end, with all three designs planned."""
+
+    def __init__(self, n: int, c: int, ws) -> None:
+        import flashinfer
+        import torch
+
+        from sgl_qwen1m.attention.dca import RequestSpan, plan_extend
+
+        self.h, self.hkv, self.d, self.n, self.c = 28, 4, 128, n, c
+        dev = torch.device("cuda")
+        g = torch.Generator(device=dev).manual_seed(n)
+        self.k = torch.randn(n, self.hkv, self.d, device=dev, dtype=torch.bfloat16, generator=g)
+        self.v = torch.randn(n, self.hkv, self.d, device=dev, dtype=torch.bfloat16, generator=g)
+        self.q = torch.randn(c, 1, self.h, self.d, device=dev, dtype=torch.bfloat16, generator=g)
+        self.r2t = torch.arange(n, device=dev, dtype=torch.int32).view(1, n)
+        self.rpi = torch.zeros(1, dtype=torch.int64, device=dev)
+        self.spans = [RequestSpan(n - c, c)]
+        self.plan = plan_extend(self.spans, None)
+        self.dense = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, "NHD", backend="auto")
+        self.dense.plan(torch.tensor([0, c], dtype=torch.int32), torch.tensor([0, n], dtype=torch.int32),
+                        self.r2t.view(-1), torch.ones(1, dtype=torch.int32), self.h, self.hkv, self.d, 1,
+                        causal=True, sm_scale=self.d**-0.5, q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)
+
+    def run_dense(self):
+        return self.dense.run(self.q[:, 0], (self.k, self.v), return_lse=True)
+
+    def prefill(self, budgets):
+        from sgl_qwen1m.attention.sparse import SparsePrefill
+
+        sp = SparsePrefill(self.h, self.hkv, self.d, self.d**-0.5, None, budgets, self.k.device, threshold=0)
+        return sp, sp.plan(self.plan, self.spans, self.rpi, None)
+
+    def synthetic_pattern(self, sp, state, layer: int, seed: int):
+        """Local band of slash_size diagonals + vertical_size random columns (sinks first), per head."""
+        import torch
+
+        from sgl_qwen1m.attention.sparse import SparsePattern
+        from sgl_qwen1m.attention.vertical_slash import PAD, block_pattern, loop_bounds
+
+        b = sp.budgets[layer]
+        n, dev = self.n, self.k.device
+        kv, ks = min(b.max_vertical, n), min(b.max_slash, n)
+        g = torch.Generator(device=dev).manual_seed(seed)
+        score = torch.rand(1, self.h, n, device=dev, generator=g)
+        score[..., :30] = 2.0
+        v_top = torch.topk(score, kv, dim=-1).indices
+        rank = torch.arange(kv, device=dev).view(1, 1, -1)
+        v_idx = torch.sort(torch.where(rank < b.vertical.view(1, -1, 1), v_top, PAD), dim=-1).values.to(torch.int32)
+        ar = torch.arange(ks, device=dev).view(1, 1, -1).expand(1, self.h, ks)
+        s_idx = torch.where(ar < b.slash.view(1, -1, 1), ar, PAD).to(torch.int32)
+        cov, diag = block_pattern(s_idx, state.dense, state.plan.key_blocks)
+        dcnt, vcnt = loop_bounds(diag, v_idx, state.first_block, state.c0, None, state.plan.max_blocks)
+        return SparsePattern(v_idx, s_idx, cov, diag, dcnt, vcnt)
+
+    def fwd_sparse_inputs(self, pat):
+        """sgl_kernel's index format from the same column and diagonal sets."""
+        import torch
+
+        from sgl_qwen1m.adapter.sgl_kernel_sparse import convert_indexes
+        from sgl_qwen1m.attention.vertical_slash import PAD
+
+        v = pat.v_idx.clone()
+        s = pat.s_idx.clone()
+        vcount = (v != PAD).sum(-1).view(-1).to(torch.int32)
+        scount = (s != PAD).sum(-1).view(-1).to(torch.int32)
+        s = torch.where(s == PAD, torch.iinfo(torch.int32).min, s).sort(dim=-1, descending=True).values
+
+        def convert():
+            return convert_indexes(self.c, self.n, v, s, vcount, scount)
+
+        return convert
+
+    def run_fwd_sparse(self, idx):
+        from sgl_qwen1m.adapter.sgl_kernel_sparse import sparse_attention
+
+        return sparse_attention(self.q[:, 0].unsqueeze(0), self.k.unsqueeze(0), self.v.unsqueeze(0), idx, self.d**-0.5)
+
+
+def _rel(a, b) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def _check(ws, log) -> None:
+    """Full budgets: both sparse designs must equal dense FlashInfer."""
+    from sgl_qwen1m.attention.vertical_slash import PAD
+    from sgl_qwen1m.config import HeadBudget, SparseBudgets
+
+    s = _Setup(8192, 4096, ws)
+    full = SparseBudgets(heads=((HeadBudget("vertical_and_slash", 8192, 8192),) * 28,))
+    sp, state = s.prefill(full)
+    pat = s.synthetic_pattern(sp, state, 0, 0)
+    assert int((pat.s_idx != PAD).sum()) == 28 * 8192
+    ref, _ = s.run_dense()
+    ours, _ = sp.attend(state, pat, s.q, (s.k, s.v), s.r2t)
+    theirs = s.run_fwd_sparse(s.fwd_sparse_inputs(pat)())[0][0]
+    e1, e2 = _rel(ours, ref), _rel(theirs, ref)
+    log(f"ops-sparse check (full budgets, 8192 keys): qwen1m-sparse rel {e1:.2e}, fwd_sparse rel {e2:.2e}")
+    if not (e1 < 1e-2 and e2 < 1e-2):
+        raise AssertionError(f"full-budget sparse differs from dense: qwen1m {e1}, fwd_sparse {e2}")
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    import torch
+
+    from sgl_qwen1m.attention.vertical_slash import BLOCK, computed_keys
+    from sgl_qwen1m.bench.results import Results, collect_versions, command_line, gpu_name
+    from sgl_qwen1m.config import SparseBudgets
+
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    ws = torch.zeros(512 * 1024 * 1024, dtype=torch.uint8, device="cuda")
+    budgets = SparseBudgets.from_json(args.budgets)
+    layers = list(range(budgets.num_layers)) if args.layers == "all" else [int(x) for x in args.layers.split(",")]
+    results = Results.open(args.out, command=command_line(argv), gpu=gpu_name(), versions=collect_versions())
+    _check(ws, log)
+    for n in args.lengths:
+        s = _Setup(n, min(args.chunk, n), ws)
+        sp, state = s.prefill(budgets)
+        tot = {"flashinfer": 0.0, "qwen1m-sparse": 0.0, "sgl_kernel-fwd_sparse": 0.0, "estimate": 0.0,
+               "convert": 0.0}
+        flops = {"flashinfer": 0.0, "qwen1m-sparse": 0.0, "sgl_kernel-fwd_sparse": 0.0}
+        dense_ms = _ms(s.run_dense, args.iters)
+        causal_pairs = s.c * (n - s.c) + s.c * (s.c + 1) / 2
+        for li in layers:
+            pat = s.synthetic_pattern(sp, state, li, li)
+            tot["flashinfer"] += dense_ms
+            flops["flashinfer"] += 4 * s.d * s.h * causal_pairs
+            tot["qwen1m-sparse"] += _ms(lambda: sp.attend(state, pat, s.q, (s.k, s.v), s.r2t), args.iters)
+            flops["qwen1m-sparse"] += 4 * s.d * BLOCK * float(computed_keys(state.plan, pat.dcnt, pat.vcnt).sum())
+            convert = s.fwd_sparse_inputs(pat)
+            idx = convert()
+            tot["convert"] += _ms(convert, args.iters)
+            tot["sgl_kernel-fwd_sparse"] += _ms(lambda: s.run_fwd_sparse(idx), args.iters)
+            bc, _, cc, _ = idx
+            flops["sgl_kernel-fwd_sparse"] += 4 * s.d * BLOCK * float(bc.long().sum() * BLOCK + cc.long().sum())
+            q5 = s.q.expand(s.c, 5, s.h, s.d)
+            tot["estimate"] += _ms(lambda: sp.pattern(state, li, q5, s.k, s.r2t), args.iters)
+        nl = len(layers)
+        log(f"ops-sparse n={n} chunk={s.c} ({nl} layers): " + ", ".join(f"{k} {v / nl:.3f} ms" for k, v in tot.items()))
+        extra = {"chunk_queries": s.c, "layers": nl, "what": "mean per layer over the 7B budgets; one chunk at the "
+                 "end of the context", "pattern": "slash = local band of slash_size diagonals, vertical = random"}
+        for name in ("flashinfer", "qwen1m-sparse", "sgl_kernel-fwd_sparse"):
+            results.upsert("attn_ms", name, n, tot[name] / nl, **extra)
+            results.upsert("tflops", name, n, flops[name] / (tot[name] * 1e-3) / 1e12, **extra)
+            results.upsert("computed_fraction", name, n, flops[name] / flops["flashinfer"], **extra)
+        results.upsert("estimate_ms", "qwen1m-sparse", n, tot["estimate"] / nl, **extra)
+        results.upsert("convert_ms", "sgl_kernel-fwd_sparse", n, tot["convert"] / nl, **extra)
+        results.upsert("estimate_share", "qwen1m-sparse", n,
+                       tot["estimate"] / (tot["estimate"] + tot["qwen1m-sparse"]), **extra)
+        del s, sp, state
+        torch.cuda.empty_cache()
+    return 0
