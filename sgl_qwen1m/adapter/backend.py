@@ -88,7 +88,7 @@ class Qwen1MAttnBackend(AttentionBackend):
         )
         self.attn = DCAAttention(shape, self.cfg, workspace)
         self.sparse: Optional["SparsePrefill"] = _make_sparse(mc.hf_config, self.cfg, shape, sa.tp_size,
-                                                              model_runner.tp_rank, model_runner.device)
+                                                              _tp_rank(tp), model_runner.device)
         fused_rope = install_fused_dca_rope(model_runner.model) if self.cfg is not None else 0
         self.req_to_token = model_runner.req_to_token_pool.req_to_token
         self.token_to_kv_pool = model_runner.token_to_kv_pool
@@ -196,6 +196,14 @@ class Qwen1MAttnBackend(AttentionBackend):
         meta = self.forward_metadata
         o = self.attn.run_decode(meta.wrapper, q, kv, meta.step)
         return o.view(-1, layer.tp_q_head_num * layer.head_dim)
+
+
+def _tp_rank(tp_size: int) -> int:
+    if tp_size == 1:
+        return 0
+    from sglang.srt.distributed import get_tensor_model_parallel_rank
+
+    return get_tensor_model_parallel_rank()
 
 
 def _make_sparse(hf_config, cfg: Optional[DCAConfig], shape: DCAShape, tp_size: int, tp_rank: int,

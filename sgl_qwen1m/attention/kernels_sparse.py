@@ -336,6 +336,8 @@ def vs_attention(
     dca: bool,
     out: Optional[torch.Tensor] = None,
     return_lse: bool = False,
+    num_warps: int = 4,
+    num_stages: int = 2,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Sparse DCA attention of every planned piece.
 
@@ -368,6 +370,6 @@ def vs_attention(
             diag, diag.stride(0), diag.stride(1), cov, cov.stride(0), cov.stride(1),
             v_idx, v_idx.stride(0), v_idx.stride(1), dcnt, vcnt, dcnt.shape[2],
             sm_scale * LOG2E,
-            G=h // hkv, D=d, BM=BLOCK, BN=BLOCK, DCA=dca, num_warps=4, num_stages=2,
+            G=h // hkv, D=d, BM=BLOCK, BN=BLOCK, DCA=dca, num_warps=num_warps, num_stages=num_stages,
         )
     return out, lse
