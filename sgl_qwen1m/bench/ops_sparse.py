@@ -34,6 +34,9 @@ def add_parser(sub: Any, parse_lengths: Any) -> None:
     p.add_argument("--budgets", default="benchmarks/models/qwen2.5-7b-1m-shape/sparse_attention_config.json")
     p.add_argument("--layers", default="all", help="'all' or comma-separated layer ids whose budgets are timed")
     p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--prefill-lengths", type=parse_lengths, default=[],
+                   help="also time the pattern step of every chunk of a chunked prefill of these prompt lengths "
+                        "(layer budgets cycle over chunks), x28 layers: rows estimate_prefill_s")
     p.add_argument("--out", default="benchmarks/results/sparse_ops.json")
 
 
@@ -203,5 +206,21 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         results.upsert("estimate_share", "qwen1m-sparse", n,
                        tot["estimate"] / (tot["estimate"] + tot["qwen1m-sparse"]), **extra)
         del s, sp, state
+        torch.cuda.empty_cache()
+    for n in args.prefill_lengths:
+        total = 0.0
+        chunks = -(-n // args.chunk)
+        for i in range(chunks):
+            end = min(n, (i + 1) * args.chunk)
+            s = _Setup(end, end - i * args.chunk, ws)
+            sp, state = s.prefill(budgets)
+            li = layers[i % len(layers)]
+            total += _ms(lambda: sp.pattern(state, li, s.q, s.k, s.r2t), 3)
+            del s, sp, state
+        est_s = total * budgets.num_layers / 1e3
+        log(f"ops-sparse prefill {n}: pattern step of {chunks} chunks x {budgets.num_layers} layers = {est_s:.2f} s")
+        results.upsert("estimate_prefill_s", "qwen1m-sparse", n, est_s, chunk_queries=args.chunk, chunks=chunks,
+                       what="sum over the chunks of one chunked prefill of the pattern step (estimate, select, "
+                            "block pattern, loop bounds), one layer per chunk (budgets cycling), times the layer count")
         torch.cuda.empty_cache()
     return 0
