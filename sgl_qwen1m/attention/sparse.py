@@ -12,6 +12,8 @@ Pieces of requests that attend at most ``threshold`` keys share the launch with 
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -30,7 +32,10 @@ from sgl_qwen1m.attention.vertical_slash import (
 )
 from sgl_qwen1m.config import DEFAULT_LAST_Q, DEFAULT_SPARSE_THRESHOLD, DCAConfig, SparseBudgets
 
-__all__ = ["SparseState", "SparsePattern", "SparsePrefill"]
+__all__ = ["SparseState", "SparsePattern", "SparsePrefill", "STATS_ENV"]
+
+logger = logging.getLogger(__name__)
+STATS_ENV = "SGL_QWEN1M_SPARSE_STATS"  # "1": log layer 0's computed fraction per batch (adds a host sync)
 
 
 @dataclass
@@ -99,6 +104,7 @@ class SparsePrefill:
         self.last_q = last_q
         self.device = device
         self.budgets: list[LayerBudget] = layer_budgets(budgets, device)
+        self.stats = os.environ.get(STATS_ENV) == "1"
 
     def plan(
         self,
@@ -171,4 +177,17 @@ class SparsePrefill:
         t = q5.shape[0]
         q = q5.view(t, -1, self.num_qo_heads, self.head_dim)
         pat = self.pattern(state, layer_id, q, kv_cache[0], req_to_token)
+        if self.stats and layer_id == 0:
+            self.log_stats(state, pat)
         return self.attend(state, pat, q, kv_cache, req_to_token)[0]
+
+    def log_stats(self, state: SparseState, pat: SparsePattern) -> None:
+        """Computed (query, key) pairs of one layer against dense causal attention (diagnostics; syncs)."""
+        from sgl_qwen1m.attention.vertical_slash import BLOCK, computed_keys
+
+        pp = state.plan
+        done = float(computed_keys(pp, pat.dcnt, pat.vcnt).sum()) * BLOCK
+        dense = sum(p.q_len * p.q_pos0 + p.q_len * (p.q_len + 1) / 2 for p in pp.pieces) * self.num_qo_heads
+        diag = float((pat.cov[:, :, :].sum(-1).float() / max(1, pp.key_blocks)).mean())
+        logger.warning("qwen1m sparse stats: %d pieces, keys up to %d, computed fraction %.3f of dense causal, "
+                       "block-diagonal coverage %.3f", pp.num_pieces, pp.max_len, done / max(dense, 1.0), diag)
