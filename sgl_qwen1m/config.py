@@ -29,6 +29,7 @@ __all__ = [
     "HeadBudget",
     "SparseBudgets",
     "ConfigError",
+    "sparse_budgets_from_hf",
 ]
 
 # Defaults shared by Qwen's vLLM fork and SGLang's in-tree port (shared/research/qwen1m-method.md §2.2).
@@ -242,3 +243,27 @@ def _parse_head(entry: Sequence[Any], where: str) -> HeadBudget:
     if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
         raise ConfigError(f"{where} score must be a number or null, got {score!r}")
     return HeadBudget(pattern=pattern, vertical=vertical, slash=slash, score=score)
+
+
+def sparse_budgets_from_hf(
+    hf_config: Union[Mapping[str, Any], Any], cfg: Optional[DCAConfig]
+) -> Optional[SparseBudgets]:
+    """The per-head budgets sparse prefill should use, or None when it is off.
+
+    SGLang puts ``sparse_attention_config.json`` (found beside ``config.json``) into
+    ``dual_chunk_attention_config["sparse_attention_config"]`` and sets ``sparse_attention_enabled``. Budgets are
+    checked against the model's layer and query-head counts (slice them per tensor-parallel rank afterwards).
+    """
+    if cfg is None or not cfg.sparse_attention_enabled:
+        return None
+    get = hf_config.get if isinstance(hf_config, Mapping) else (lambda k, d=None: getattr(hf_config, k, d))
+    raw = get("dual_chunk_attention_config") or {}
+    budgets_raw = raw.get("sparse_attention_config")
+    if not budgets_raw:
+        raise ConfigError(
+            "dual_chunk_attention_config.sparse_attention_enabled is true but no sparse_attention_config.json "
+            "was found beside config.json; add the budgets file or set sparse_attention_enabled to false"
+        )
+    return SparseBudgets.from_list(
+        budgets_raw, num_layers=get("num_hidden_layers"), num_heads=get("num_attention_heads")
+    )

@@ -21,7 +21,7 @@ from sglang.srt.runtime_context import get_buffer
 from sgl_qwen1m.adapter.rope import install_fused_dca_rope
 from sgl_qwen1m.attention.dca import RequestSpan, plan_extend, yarn_logit_scale
 from sgl_qwen1m.attention.wrapper import DCAAttention, DCAShape, DecodeGraphState, DecodeStep, ExtendState
-from sgl_qwen1m.config import ConfigError, DCAConfig, SparseBudgets
+from sgl_qwen1m.config import DCAConfig, sparse_budgets_from_hf
 
 if TYPE_CHECKING:
     from flashinfer import BatchDecodeWithPagedKVCacheWrapper
@@ -209,15 +209,9 @@ def _tp_rank(tp_size: int) -> int:
 def _make_sparse(hf_config, cfg: Optional[DCAConfig], shape: DCAShape, tp_size: int, tp_rank: int,
                  device) -> Optional["SparsePrefill"]:
     """Sparse prefill when the model's DCA config enables it (SGLang injects ``sparse_attention_config.json``)."""
-    if cfg is None or not cfg.sparse_attention_enabled:
+    budgets = sparse_budgets_from_hf(hf_config, cfg)
+    if budgets is None:
         return None
-    raw = getattr(hf_config, "dual_chunk_attention_config", None) or {}
-    budgets_raw = raw.get("sparse_attention_config")
-    if not budgets_raw:
-        raise ConfigError(
-            "dual_chunk_attention_config.sparse_attention_enabled is true but no sparse_attention_config.json "
-            "was found beside config.json; add the budgets file or set sparse_attention_enabled to false"
-        )
     from sgl_qwen1m.attention.sparse import SparsePrefill
     from sgl_qwen1m.attention.vertical_slash import BLOCK
 
@@ -225,8 +219,6 @@ def _make_sparse(hf_config, cfg: Optional[DCAConfig], shape: DCAShape, tp_size: 
         logger.warning("qwen1m: sparse prefill needs chunk_size - local_size (%d) to be a multiple of %d; "
                        "running dense prefill", cfg.chunk_len, BLOCK)
         return None
-    heads = shape.num_qo_heads * tp_size
-    budgets = SparseBudgets.from_list(budgets_raw, num_layers=hf_config.num_hidden_layers, num_heads=heads)
     return SparsePrefill(
         shape.num_qo_heads, shape.num_kv_heads, shape.head_dim, shape.sm_scale, cfg,
         budgets.for_tp_rank(tp_rank, tp_size), device,

@@ -35,7 +35,7 @@ from sgl_qwen1m.config import DEFAULT_LAST_Q, DEFAULT_SPARSE_THRESHOLD, DCAConfi
 __all__ = ["SparseState", "SparsePattern", "SparsePrefill", "STATS_ENV"]
 
 logger = logging.getLogger(__name__)
-STATS_ENV = "SGL_QWEN1M_SPARSE_STATS"  # "1": log layer 0's computed fraction per batch (adds a host sync)
+STATS_ENV = "QWEN1M_SPARSE_STATS"  # not SGL_*: SGLang renames SGL_* variables  # "1": log layer 0's computed fraction per batch (adds a host sync)
 
 
 @dataclass
