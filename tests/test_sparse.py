@@ -103,8 +103,6 @@ CASES = {
     "dca-chunked": ([RequestSpan(300, 420)], DCA),  # pieces [300,512) and [512,720): intra + succ + inter
     "dca-two-requests": ([RequestSpan(0, 600), RequestSpan(130, 70)], DCA),
     "plain": ([RequestSpan(40, 333)], None),
-    # chunk_len 192 is not a multiple of 128: the 64-row kernel instead of the 128-row (pairs) one
-    "dca-64-row-tiles": ([RequestSpan(100, 380)], DCAConfig(chunk_size=256, local_size=64)),
 }
 
 
@@ -225,13 +223,6 @@ def test_sparse_attention_matches_masked_oracle(name, vertical, slash):
     _, dense_l = _dense_ref(case)
     rec = attention_recall(lse, dense_l)
     assert bool((rec <= 1 + 1e-3).all()) and bool((rec > 0).all())
-
-
-def test_tile_height_follows_chunk_len():
-    for name, want in (("dca-chunked", True), ("plain", True), ("dca-64-row-tiles", False)):
-        spans, cfg = CASES[name]
-        _, state = make_prefill(make_case(spans, cfg), budgets_for(4, 30, 100))
-        assert state.pairs is want
 
 
 def test_request_under_threshold_rides_along_densely():

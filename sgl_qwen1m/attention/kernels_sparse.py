@@ -23,7 +23,7 @@ import triton.language as tl
 
 from sgl_qwen1m.attention.vertical_slash import BLOCK
 
-__all__ = ["estimate_vs", "vs_attention", "vs_attention_pairs"]
+__all__ = ["estimate_vs", "vs_attention"]
 
 LOG2E = 1.4426950408889634
 
@@ -40,18 +40,6 @@ def _tuned(stages: tuple[int, ...], reset: Optional[list[str]] = None):
             return fn
         configs = [triton.Config({}, num_warps=4, num_stages=s) for s in stages]
         return triton.autotune(configs=configs, key=["D", "G", "DCA"], reset_to_zero=reset)(fn)
-
-    return wrap
-
-
-def _tuned2(stages: tuple[int, ...]):
-    """Like :func:`_tuned` for 128-row tiles: 4 or 8 warps."""
-
-    def wrap(fn):
-        if os.environ.get("TRITON_INTERPRET") == "1":
-            return fn
-        configs = [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in stages]
-        return triton.autotune(configs=configs, key=["D", "G", "DCA"])(fn)
 
     return wrap
 
@@ -400,168 +388,5 @@ def vs_attention(
             v_idx, v_idx.stride(0), v_idx.stride(1), dcnt, vcnt, dcnt.shape[2],
             sm_scale * LOG2E,
             G=h // hkv, D=d, BM=BLOCK, BN=BLOCK, DCA=dca,
-        )
-    return out, lse
-
-
-# ------------------------------------------------------------------ 128-row tiles (two row blocks share K/V loads)
-
-
-@triton.jit
-def _online_safe(m, l, acc, s, v):
-    """Online softmax step that tolerates rows with no key yet (all ``-inf`` so far)."""
-    m_new = tl.maximum(m, tl.max(s, 1))
-    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.exp2(m - m_ref)
-    pr = tl.exp2(s - m_ref[:, None])
-    l = l * alpha + tl.sum(pr, 1)
-    acc = acc * alpha[:, None] + tl.dot(pr.to(v.dtype), v)
-    return m_new, l, acc
-
-
-@triton.jit
-def _diag_loop2(q, scale, m, l, acc, lo, hi, dg, cv, nb, rb1, rows, upper, qend, R2T, pool, s_r2t, K, s_kn, kvoff,
-                V, s_vn, vvoff, BN: tl.constexpr, D: tl.constexpr):
-    for t in range(lo, hi):
-        dd = tl.load(dg + t)  # block diagonal of the upper row block; the lower one needs dd - 1
-        need_hi = tl.load(cv + dd, mask=dd < nb, other=0)
-        need_lo = tl.load(cv + dd - 1, mask=dd >= 1, other=0)
-        cols = (rb1 - dd) * BN + tl.arange(0, BN)
-        cmask = cols < qend
-        slots = tl.load(R2T + pool * s_r2t + cols, mask=cmask, other=0).to(tl.int64)
-        k = _load_kv(K, s_kn, kvoff, slots, cmask, D)
-        s = tl.dot(q, tl.trans(k)) * scale[:, None]
-        need = tl.where(upper, need_hi, need_lo) != 0
-        s = tl.where(need[:, None] & (cols[None, :] <= rows[:, None]), s, float("-inf"))
-        v = _load_kv(V, s_vn, vvoff, slots, cmask, D)
-        m, l, acc = _online_safe(m, l, acc, s, v)
-    return m, l, acc
-
-
-@triton.jit
-def _col_loop2(q, scale, m, l, acc, lo, hi, vc, cv, rb1, upper, R2T, pool, s_r2t, K, s_kn, kvoff, V, s_vn, vvoff,
-               BN: tl.constexpr, D: tl.constexpr):
-    for t in range(lo, hi, BN):
-        idx = t + tl.arange(0, BN)
-        im = idx < hi
-        cols = tl.load(vc + idx, mask=im, other=0)
-        cb = cols // BN
-        cov_hi = tl.load(cv + (rb1 - cb), mask=im, other=1)
-        cov_lo = tl.load(cv + (rb1 - 1 - cb), mask=im & (cb < rb1 - 1), other=1)
-        ok_hi = im & (cov_hi == 0)
-        ok_lo = im & (cov_lo == 0)
-        ok = ok_hi | ok_lo
-        slots = tl.load(R2T + pool * s_r2t + cols, mask=ok, other=0).to(tl.int64)
-        k = _load_kv(K, s_kn, kvoff, slots, ok, D)
-        s = tl.dot(q, tl.trans(k)) * scale[:, None]
-        keep = tl.where(upper[:, None], ok_hi[None, :], ok_lo[None, :])
-        s = tl.where(keep, s, float("-inf"))
-        v = _load_kv(V, s_vn, vvoff, slots, ok, D)
-        m, l, acc = _online_safe(m, l, acc, s, v)
-    return m, l, acc
-
-
-@_tuned2((2, 3, 4))
-@triton.jit
-def _vs_attn2_kernel(
-    Q, s_qt, s_qv, s_qh, QS, K, s_kn, s_kh, V, s_vn, s_vh, O, s_ot, s_oh, LSE, s_lt,
-    R2T, s_r2t, PIECE, BLK, DIAG, s_dg_p, s_dg_h, COV, s_cv_p, s_cv_h, nb, VCOL, s_vc_p, s_vc_h, DCNT, VCNT, MB,
-    sm_log2,
-    G: tl.constexpr, D: tl.constexpr, BN: tl.constexpr, DCA: tl.constexpr,
-):
-    BM: tl.constexpr = 2 * BN
-    h = tl.program_id(0)
-    b = tl.program_id(1)
-    H = tl.num_programs(0)
-    p = tl.load(BLK + 2 * b)
-    j = tl.load(BLK + 2 * b + 1)
-    meta = PIECE + p * 8
-    pool = tl.load(meta).to(tl.int64)
-    qrow0 = tl.load(meta + 1)
-    qpos0 = tl.load(meta + 2)
-    qlen = tl.load(meta + 3)
-    qend = qpos0 + qlen
-    pair = qpos0 // BM + j
-    rb1 = 2 * pair + 1
-    rows = pair * BM + tl.arange(0, BM)
-    upper = rows >= rb1 * BN
-    rmask = (rows >= qpos0) & (rows < qend)
-    trow = tl.where(rmask, qrow0 + rows - qpos0, 0).to(tl.int64)
-    scale = tl.load(QS + trow, mask=rmask, other=0.0) * sm_log2
-    cnt = ((p * H + h) * MB + j) * 3
-    kvoff = (h // G) * s_kh
-    vvoff = (h // G) * s_vh
-    dg = DIAG + p * s_dg_p + h * s_dg_h
-    cv = COV + p * s_cv_p + h * s_cv_h
-    vc = VCOL + p * s_vc_p + h * s_vc_h
-    m = tl.full([BM], float("-inf"), tl.float32)
-    l = tl.zeros([BM], tl.float32)
-    acc = tl.zeros([BM, D], tl.float32)
-    d_intra = tl.load(DCNT + cnt)
-    v_succ = tl.load(VCNT + cnt + 1)
-    v_intra = tl.load(VCNT + cnt + 2)
-    q = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 0, h, D)
-    m, l, acc = _diag_loop2(q, scale, m, l, acc, 0, d_intra, dg, cv, nb, rb1, rows, upper, qend, R2T, pool, s_r2t,
-                            K, s_kn, kvoff, V, s_vn, vvoff, BN, D)
-    m, l, acc = _col_loop2(q, scale, m, l, acc, v_succ, v_intra, vc, cv, rb1, upper, R2T, pool, s_r2t, K, s_kn,
-                           kvoff, V, s_vn, vvoff, BN, D)
-    if DCA:
-        d_succ = tl.load(DCNT + cnt + 1)
-        d_all = tl.load(DCNT + cnt + 2)
-        v_inter = tl.load(VCNT + cnt)
-        q = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 1, h, D)
-        m, l, acc = _diag_loop2(q, scale, m, l, acc, d_intra, d_succ, dg, cv, nb, rb1, rows, upper, qend, R2T, pool,
-                                s_r2t, K, s_kn, kvoff, V, s_vn, vvoff, BN, D)
-        m, l, acc = _col_loop2(q, scale, m, l, acc, v_inter, v_succ, vc, cv, rb1, upper, R2T, pool, s_r2t, K, s_kn,
-                               kvoff, V, s_vn, vvoff, BN, D)
-        q = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 2, h, D)
-        m, l, acc = _diag_loop2(q, scale, m, l, acc, d_succ, d_all, dg, cv, nb, rb1, rows, upper, qend, R2T, pool,
-                                s_r2t, K, s_kn, kvoff, V, s_vn, vvoff, BN, D)
-        m, l, acc = _col_loop2(q, scale, m, l, acc, 0, v_inter, vc, cv, rb1, upper, R2T, pool, s_r2t, K, s_kn,
-                               kvoff, V, s_vn, vvoff, BN, D)
-    out = acc / l[:, None]
-    d = tl.arange(0, D)
-    tl.store(O + trow[:, None] * s_ot + h * s_oh + d[None, :], out.to(O.dtype.element_ty), mask=rmask[:, None])
-    if LSE is not None:
-        tl.store(LSE + trow * s_lt + h, (m + tl.log2(l)) * 0.6931471805599453, mask=rmask)
-
-
-def vs_attention_pairs(
-    q: torch.Tensor,
-    q_scale: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    req_to_token: torch.Tensor,
-    piece_table: torch.Tensor,
-    pair_table: torch.Tensor,
-    diag2: torch.Tensor,
-    cov: torch.Tensor,
-    v_idx: torch.Tensor,
-    dcnt: torch.Tensor,
-    vcnt: torch.Tensor,
-    sm_scale: float,
-    dca: bool,
-    return_lse: bool = False,
-) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """:func:`vs_attention` with 128-row tiles: each K/V tile serves two 64-row blocks (rows a block does not need
-    are masked). Same results; needs DCA ``chunk_len % 128 == 0``. ``diag2`` from ``pair_diagonals``; ``dcnt``/
-    ``vcnt`` from ``loop_bounds(..., pairs=True)``; ``pair_table`` from ``PiecePlan.pair_table``."""
-    t, nv, h, d = q.shape
-    hkv = k_cache.shape[1]
-    if dca and nv < 3:
-        raise ValueError(f"vs_attention_pairs: DCA needs the intra/succ/inter query variants, got {nv}")
-    out = torch.empty(t, h, d, dtype=q.dtype, device=q.device)
-    lse = torch.empty(t, h, dtype=torch.float32, device=q.device) if return_lse else None
-    npair = pair_table.shape[0]
-    if npair:
-        _vs_attn2_kernel[(h, npair)](
-            q, q.stride(0), q.stride(1), q.stride(2), q_scale,
-            k_cache, k_cache.stride(0), k_cache.stride(1), v_cache, v_cache.stride(0), v_cache.stride(1),
-            out, out.stride(0), out.stride(1), lse, lse.stride(0) if lse is not None else 0,
-            req_to_token, req_to_token.stride(0), piece_table, pair_table,
-            diag2, diag2.stride(0), diag2.stride(1), cov, cov.stride(0), cov.stride(1), cov.shape[2],
-            v_idx, v_idx.stride(0), v_idx.stride(1), dcnt, vcnt, dcnt.shape[2],
-            sm_scale * LOG2E,
-            G=h // hkv, D=d, BN=BLOCK, DCA=dca,
         )
     return out, lse

@@ -20,15 +20,13 @@ from typing import Optional, Sequence
 import torch
 
 from sgl_qwen1m.attention.dca import DCAPlan, RequestSpan
-from sgl_qwen1m.attention.kernels_sparse import estimate_vs, vs_attention, vs_attention_pairs
+from sgl_qwen1m.attention.kernels_sparse import estimate_vs, vs_attention
 from sgl_qwen1m.attention.vertical_slash import (
-    BLOCK,
     LayerBudget,
     PiecePlan,
     block_pattern,
     layer_budgets,
     loop_bounds,
-    pair_diagonals,
     plan_pieces,
     select_vertical_slash,
 )
@@ -46,13 +44,12 @@ class SparseState:
 
     plan: PiecePlan
     piece_table: torch.Tensor  # [P, 8] int32, column 0 = row in req_to_token
-    block_table: torch.Tensor  # [NBLK, 2] int32: 64-row tiles, or 128-row tiles when ``pairs``
+    block_table: torch.Tensor  # [NBLK, 2] int32
     q_end: torch.Tensor  # [P] int64
     first_block: torch.Tensor  # [P] int64
     c0: torch.Tensor  # [P] int64
     dense: torch.Tensor  # [P] bool
     q_scale: torch.Tensor  # [T] float32
-    pairs: bool = False
 
 
 @dataclass
@@ -62,10 +59,9 @@ class SparsePattern:
     v_idx: torch.Tensor
     s_idx: torch.Tensor
     cov: torch.Tensor
-    diag: torch.Tensor  # the kernel's block-diagonal list (``pair_diagonals`` when ``pairs``)
+    diag: torch.Tensor
     dcnt: torch.Tensor
     vcnt: torch.Tensor
-    pairs: bool = False
 
 
 class SparsePrefill:
@@ -109,8 +105,6 @@ class SparsePrefill:
         self.device = device
         self.budgets: list[LayerBudget] = layer_budgets(budgets, device)
         self.stats = os.environ.get(STATS_ENV) == "1"
-        # 128-row tiles (two row blocks per K/V load) need every DCA chunk boundary on a 128-position boundary
-        self.pairs = cfg is None or cfg.chunk_len % (2 * BLOCK) == 0
 
     def plan(
         self,
@@ -126,14 +120,13 @@ class SparsePrefill:
         dev = self.device
         table = torch.tensor(pp.piece_table(), dtype=torch.int32).to(dev, non_blocking=True)
         table[:, 0] = req_pool_indices.to(torch.int32).index_select(0, table[:, 0].long())
-        tiles = pp.pair_table() if self.pairs else pp.block_table()
-        blocks = torch.tensor(tiles, dtype=torch.int32).to(dev, non_blocking=True)
+        blocks = torch.tensor(pp.block_table(), dtype=torch.int32).to(dev, non_blocking=True)
         host = torch.tensor([[p.q_end, p.first_block, p.c0, not p.sparse] for p in pp.pieces], dtype=torch.int64)
         host = host.to(dev, non_blocking=True)
         if token_scale is None:
             token_scale = torch.ones(plan.num_tokens, dtype=torch.float32, device=dev)
         return SparseState(pp, table, blocks, host[:, 0], host[:, 1], host[:, 2], host[:, 3].bool(),
-                           token_scale.float().contiguous(), self.pairs)
+                           token_scale.float().contiguous())
 
     def pattern(
         self,
@@ -153,12 +146,8 @@ class SparsePrefill:
         dense = state.dense.view(-1, 1, 1)
         v_idx = torch.where(dense, torch.full_like(v_idx, 2**31 - 1), v_idx)
         cov, diag = block_pattern(s_idx, state.dense, pp.key_blocks)
-        if state.pairs:
-            diag = pair_diagonals(cov)
-            dcnt, vcnt = loop_bounds(diag, v_idx, state.first_block, state.c0, cl, pp.max_pairs, pairs=True)
-        else:
-            dcnt, vcnt = loop_bounds(diag, v_idx, state.first_block, state.c0, cl, pp.max_blocks)
-        return SparsePattern(v_idx, s_idx, cov, diag, dcnt, vcnt, state.pairs)
+        dcnt, vcnt = loop_bounds(diag, v_idx, state.first_block, state.c0, cl, pp.max_blocks)
+        return SparsePattern(v_idx, s_idx, cov, diag, dcnt, vcnt)
 
     def attend(
         self,
@@ -170,12 +159,6 @@ class SparsePrefill:
         return_lse: bool = False,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Sparse attention with a selected pattern: (``[T, H, D]``, natural-log LSE ``[T, H]`` or None)."""
-        if pat.pairs:
-            return vs_attention_pairs(
-                q, state.q_scale, kv_cache[0], kv_cache[1], req_to_token, state.piece_table, state.block_table,
-                pat.diag, pat.cov, pat.v_idx, pat.dcnt, pat.vcnt, self.sm_scale, self.cfg is not None,
-                return_lse=return_lse,
-            )
         return vs_attention(
             q, state.q_scale, kv_cache[0], kv_cache[1], req_to_token, state.piece_table, state.block_table,
             pat.diag, pat.cov, pat.v_idx, pat.dcnt, pat.vcnt, self.sm_scale, self.cfg is not None,
@@ -200,10 +183,10 @@ class SparsePrefill:
 
     def log_stats(self, state: SparseState, pat: SparsePattern) -> None:
         """Computed (query, key) pairs of one layer against dense causal attention (diagnostics; syncs)."""
-        from sgl_qwen1m.attention.vertical_slash import computed_keys
+        from sgl_qwen1m.attention.vertical_slash import BLOCK, computed_keys
 
         pp = state.plan
-        done = float(computed_keys(pp, pat.dcnt, pat.vcnt, pat.pairs).sum()) * BLOCK * (2 if pat.pairs else 1)
+        done = float(computed_keys(pp, pat.dcnt, pat.vcnt).sum()) * BLOCK
         dense = sum(p.q_len * p.q_pos0 + p.q_len * (p.q_len + 1) / 2 for p in pp.pieces) * self.num_qo_heads
         diag = float((pat.cov[:, :, :].sum(-1).float() / max(1, pp.key_blocks)).mean())
         logger.warning("qwen1m sparse stats: %d pieces, keys up to %d, computed fraction %.3f of dense causal, "

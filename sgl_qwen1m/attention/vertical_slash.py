@@ -45,7 +45,6 @@ __all__ = [
     "block_pattern",
     "loop_bounds",
     "computed_keys",
-    "pair_diagonals",
 ]
 
 BLOCK = 64  # query rows and key columns per tile; DCA chunk_len must be a multiple of it for the sparse path
@@ -119,21 +118,9 @@ class PiecePlan:
         """Rows ``[req, q_row0, q_pos0, q_len, c0, n_est, 0, 0]`` (the kernels' ``[P, 8]`` int32 layout)."""
         return [[p.req, p.q_row0, p.q_pos0, p.q_len, p.c0, min(self.last_q, p.q_len), 0, 0] for p in self.pieces]
 
-    def pair_table(self) -> list[list[int]]:
-        """Rows ``[piece, j]``: one per 128-row tile (two row blocks aligned to 128 positions)."""
-        return [[i, j] for i, p in enumerate(self.pieces) for j in range(_pairs(p))]
-
-    @property
-    def max_pairs(self) -> int:
-        return max(_pairs(p) for p in self.pieces)
-
     def block_table(self) -> list[list[int]]:
         """Rows ``[piece, j]``: one per 64-row query block, ``j`` counted from the piece's first block."""
         return [[i, j] for i, p in enumerate(self.pieces) for j in range(p.num_blocks)]
-
-
-def _pairs(p: Piece) -> int:
-    return (p.q_end - 1) // (2 * BLOCK) - p.q_pos0 // (2 * BLOCK) + 1
 
 
 def plan_pieces(
@@ -291,12 +278,8 @@ def loop_bounds(
     c0: torch.Tensor,
     chunk_len: Optional[int],
     max_blocks: int,
-    pairs: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per (piece, head, row block) loop ranges of the sparse kernel, split by DCA region.
-
-    With ``pairs`` the kernel's tiles are 128 rows (two row blocks, aligned to 128 positions); ``diag`` is then
-    :func:`pair_diagonals` and ``max_blocks`` counts pairs.
 
     With row block ``rb`` in DCA chunk ``[c0, c0 + C)``: key blocks of the own chunk are ``d <= rb - c0/64``,
     the previous chunk ``d <= rb - (c0 - C)/64``, earlier chunks ``d <= rb``. Columns split likewise at
@@ -315,8 +298,6 @@ def loop_bounds(
     """
     p, h, _ = diag.shape
     rb = first_block.view(p, 1) + torch.arange(max_blocks, device=diag.device).view(1, -1)  # [P, MB]
-    if pairs:  # tile j covers row blocks 2 * (first_block // 2 + j) and the next one; bounds follow the upper block
-        rb = (first_block.view(p, 1) // 2 + torch.arange(max_blocks, device=diag.device).view(1, -1)) * 2 + 1
     prev = (c0 - chunk_len).clamp(min=0) if chunk_len is not None else torch.zeros_like(c0)
 
     def count(seq: torch.Tensor, vals: torch.Tensor, right: bool) -> torch.Tensor:
@@ -343,32 +324,19 @@ def loop_bounds(
     return dcnt.contiguous(), vcnt.contiguous()
 
 
-def computed_keys(plan: PiecePlan, dcnt: torch.Tensor, vcnt: torch.Tensor, pairs: bool = False) -> torch.Tensor:
-    """Keys the sparse kernel loads per query tile, summed over tiles, per head: ``[H]`` int64.
+def computed_keys(
+    plan: PiecePlan, dcnt: torch.Tensor, vcnt: torch.Tensor
+) -> torch.Tensor:
+    """Upper bound of (query-block, key) pairs the sparse kernel computes, per head: ``[H]`` int64 (64 rows each).
 
-    Multiply by the tile's rows (64, or 128 with ``pairs``) for computed (query, key) pairs. Counts whole 64-key
-    tiles for block diagonals and every loaded column (covered ones included, as the kernel computes them
-    masked). Used for TFLOP/s and density reports, not on the hot path.
+    Counts whole 64-key tiles for block diagonals and every loaded column (covered ones included, as the
+    kernel computes them masked). Used for TFLOP/s and density reports, not on the hot path.
     """
     tot = None
     for i, pc in enumerate(plan.pieces):
-        nbk = _pairs(pc) if pairs else pc.num_blocks
+        nbk = pc.num_blocks
         tiles = dcnt[i, :, :nbk, 2].long() * BLOCK
         cols = vcnt[i, :, :nbk, 2].long()  # all columns before the row block are visited
         s = (tiles + cols).sum(-1)
         tot = s if tot is None else tot + s
     return tot
-
-
-def pair_diagonals(cov: torch.Tensor) -> torch.Tensor:
-    """Block diagonals a 128-row tile (row blocks ``2k``, ``2k + 1``) visits, relative to its upper block.
-
-    The upper block needs ``d`` in the set, the lower one ``d - 1``: the union ``D | (D + 1)``, ascending and
-    PAD-padded, ``[P, H, NB + 1]`` int32. The kernel masks each half's rows with ``cov``.
-    """
-    p, h, nb = cov.shape
-    c2 = torch.zeros(p, h, nb + 1, dtype=torch.bool, device=cov.device)
-    c2[..., :nb] = cov.bool()
-    c2[..., 1:] |= cov.bool()
-    ar = torch.arange(nb + 1, device=cov.device, dtype=torch.int32)
-    return torch.sort(torch.where(c2, ar, PAD), dim=-1).values

@@ -94,7 +94,7 @@ class _Setup:
         import torch
 
         from sgl_qwen1m.attention.sparse import SparsePattern
-        from sgl_qwen1m.attention.vertical_slash import PAD, block_pattern, loop_bounds, pair_diagonals
+        from sgl_qwen1m.attention.vertical_slash import PAD, block_pattern, loop_bounds
 
         b = sp.budgets[layer]
         n, dev = self.n, self.k.device
@@ -108,12 +108,8 @@ class _Setup:
         ar = torch.arange(ks, device=dev).view(1, 1, -1).expand(1, self.h, ks)
         s_idx = torch.where(ar < b.slash.view(1, -1, 1), ar, PAD).to(torch.int32)
         cov, diag = block_pattern(s_idx, state.dense, state.plan.key_blocks)
-        if state.pairs:
-            diag = pair_diagonals(cov)
-            dcnt, vcnt = loop_bounds(diag, v_idx, state.first_block, state.c0, None, state.plan.max_pairs, pairs=True)
-        else:
-            dcnt, vcnt = loop_bounds(diag, v_idx, state.first_block, state.c0, None, state.plan.max_blocks)
-        return SparsePattern(v_idx, s_idx, cov, diag, dcnt, vcnt, state.pairs)
+        dcnt, vcnt = loop_bounds(diag, v_idx, state.first_block, state.c0, None, state.plan.max_blocks)
+        return SparsePattern(v_idx, s_idx, cov, diag, dcnt, vcnt)
 
     def fwd_sparse_inputs(self, pat):
         """sgl_kernel's index format from the same column and diagonal sets."""
@@ -188,8 +184,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             tot["flashinfer"] += dense_ms
             flops["flashinfer"] += 4 * s.d * s.h * causal_pairs
             tot["qwen1m-sparse"] += _ms(lambda: sp.attend(state, pat, s.q, (s.k, s.v), s.r2t), args.iters)
-            rows = BLOCK * (2 if pat.pairs else 1)
-            flops["qwen1m-sparse"] += 4 * s.d * rows * float(computed_keys(state.plan, pat.dcnt, pat.vcnt, pat.pairs).sum())
+            flops["qwen1m-sparse"] += 4 * s.d * BLOCK * float(computed_keys(state.plan, pat.dcnt, pat.vcnt).sum())
             convert = s.fwd_sparse_inputs(pat)
             idx = convert()
             tot["convert"] += _ms(convert, args.iters)
