@@ -103,6 +103,7 @@ CASES = {
     "dca-chunked": ([RequestSpan(300, 420)], DCA),  # pieces [300,512) and [512,720): intra + succ + inter
     "dca-two-requests": ([RequestSpan(0, 600), RequestSpan(130, 70)], DCA),
     "plain": ([RequestSpan(40, 333)], None),
+    "dca-chunk-192": ([RequestSpan(100, 380)], DCAConfig(chunk_size=256, local_size=64)),
 }
 
 
