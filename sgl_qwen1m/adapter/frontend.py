@@ -7,6 +7,7 @@ request to an ``sgl.Engine`` (or :class:`sgl_qwen1m.frontend.ReferenceEngine`) i
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Iterator
 
 from sglang.global_config import global_config
@@ -28,6 +29,9 @@ class EngineBackend(RuntimeEndpoint):
         self.verify = None
         self.engine = engine
         self.model_info = {"model_path": model_path}
+        # The frontend runs forks and run_batch items in threads; sgl.Engine.generate drives one asyncio loop with
+        # run_until_complete, which fails ("this event loop is already running") when two threads enter it.
+        self._lock = threading.Lock()
         self.chat_template = (
             get_chat_template(chat_template_name) if chat_template_name else get_chat_template_by_model_path(model_path)
         )
@@ -41,7 +45,9 @@ class EngineBackend(RuntimeEndpoint):
         kw = dict(data)
         if "text" in kw:
             kw["prompt"] = kw.pop("text")
-        return self.engine.generate(**kw)
+        with self._lock:
+            out = self.engine.generate(**kw)
+            return list(out) if kw.get("stream") else out
 
     def flush_cache(self) -> None:
         self.engine.flush_cache()
