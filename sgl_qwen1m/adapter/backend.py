@@ -2,7 +2,9 @@
 
 Translates SGLang's ``ForwardBatch`` into host-int plans (once per batch) and runs
 :class:`sgl_qwen1m.attention.wrapper.DCAAttention` per layer. Keys are written to SGLang's KV pool exactly as
-RoPE left them (rotated at ``pos % chunk_len``, never rescaled), so the radix cache stays on.
+RoPE left them (rotated at ``pos % chunk_len``, never rescaled), so the radix cache stays on. When SGLang has loaded
+``sparse_attention_config.json`` (``sparse_attention_enabled``), prefill batches with a request attending more than
+``sparse_attention_threshold`` keys run :class:`sgl_qwen1m.attention.sparse.SparsePrefill` instead.
 Tested against SGLang 0.5.17.
 """
 
