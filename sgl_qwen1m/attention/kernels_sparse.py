@@ -58,7 +58,10 @@ def _load_kv(X, s_xn, kvoff, slots, cmask, D: tl.constexpr):
 
 
 @triton.jit
-def _est_setup(PIECE, QS, p, BM: tl.constexpr):
+def _est_setup(PIECE, Q, s_qt, s_qv, s_qh, QS, p, h, sm_log2,
+               BM: tl.constexpr, D: tl.constexpr, DCA: tl.constexpr):
+    """Piece metadata, the estimation rows' logit scale and their three query variants (intra and the two
+    continuous-position critical ones; all intra without DCA)."""
     meta = PIECE + p * 8
     pool = tl.load(meta).to(tl.int64)
     qrow0 = tl.load(meta + 1)
@@ -71,7 +74,15 @@ def _est_setup(PIECE, QS, p, BM: tl.constexpr):
     rmask = i < n
     pos = qend - n + i
     trow = (qrow0 + qlen - n + i).to(tl.int64)
-    return pool, c0, n, qend, rmask, pos, trow
+    scale = tl.load(QS + trow, mask=rmask, other=0.0) * sm_log2
+    q0 = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 0, h, D)
+    if DCA:
+        q1 = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 3, h, D)
+        q2 = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 4, h, D)
+    else:
+        q1 = q0
+        q2 = q0
+    return pool, c0, n, qend, rmask, pos, scale, q0, q1, q2
 
 
 @triton.jit
@@ -101,15 +112,8 @@ def _est_lse_kernel(
     p = tl.program_id(1)
     sp = tl.program_id(2)
     H = tl.num_programs(0)
-    pool, c0, n, qend, rmask, pos, trow = _est_setup(PIECE, QS, p, BM)
-    scale = tl.load(QS + trow, mask=rmask, other=0.0) * sm_log2
-    q0 = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 0, h, D)
-    if DCA:
-        q1 = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 3, h, D)
-        q2 = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 4, h, D)
-    else:
-        q1 = q0
-        q2 = q0
+    pool, c0, n, qend, rmask, pos, scale, q0, q1, q2 = _est_setup(PIECE, Q, s_qt, s_qv, s_qh, QS, p, h, sm_log2,
+                                                                  BM, D, DCA)
     kvoff = (h // G) * s_kh
     m = tl.full([BM], float("-inf"), tl.float32)
     l = tl.zeros([BM], tl.float32)
@@ -136,15 +140,8 @@ def _est_scores_kernel(
     p = tl.program_id(1)
     sp = tl.program_id(2)
     H = tl.num_programs(0)
-    pool, c0, n, qend, rmask, pos, trow = _est_setup(PIECE, QS, p, BM)
-    scale = tl.load(QS + trow, mask=rmask, other=0.0) * sm_log2
-    q0 = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 0, h, D)
-    if DCA:
-        q1 = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 3, h, D)
-        q2 = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 4, h, D)
-    else:
-        q1 = q0
-        q2 = q0
+    pool, c0, n, qend, rmask, pos, scale, q0, q1, q2 = _est_setup(PIECE, Q, s_qt, s_qv, s_qh, QS, p, h, sm_log2,
+                                                                  BM, D, DCA)
     kvoff = (h // G) * s_kh
     i = tl.arange(0, BM)
     lse = tl.load(LSE2 + (p * H + h) * BM + i, mask=rmask, other=0.0)

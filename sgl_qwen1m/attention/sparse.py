@@ -22,6 +22,7 @@ import torch
 from sgl_qwen1m.attention.dca import DCAPlan, RequestSpan
 from sgl_qwen1m.attention.kernels_sparse import estimate_vs, vs_attention
 from sgl_qwen1m.attention.vertical_slash import (
+    PAD,
     LayerBudget,
     PiecePlan,
     block_pattern,
@@ -143,9 +144,15 @@ class SparsePrefill:
                                   self.sm_scale, cl)
         v_idx, s_idx = select_vertical_slash(vert, slash, state.q_end, self.budgets[layer_id])
         del vert, slash
-        dense = state.dense.view(-1, 1, 1)
-        v_idx = torch.where(dense, torch.full_like(v_idx, 2**31 - 1), v_idx)
+        return self.build_pattern(state, v_idx, s_idx)
+
+    def build_pattern(self, state: SparseState, v_idx: torch.Tensor, s_idx: torch.Tensor) -> SparsePattern:
+        """Kernel pattern from selected columns ``v_idx`` and diagonals ``s_idx`` (``[P, H, *]``, PAD-padded);
+        pieces under the threshold get every block diagonal and no extra columns."""
+        pp = state.plan
+        v_idx = torch.where(state.dense.view(-1, 1, 1), torch.full_like(v_idx, PAD), v_idx)
         cov, diag = block_pattern(s_idx, state.dense, pp.key_blocks)
+        cl = self.cfg.chunk_len if self.cfg is not None else None
         dcnt, vcnt = loop_bounds(diag, v_idx, state.first_block, state.c0, cl, pp.max_blocks)
         return SparsePattern(v_idx, s_idx, cov, diag, dcnt, vcnt)
 

@@ -93,8 +93,7 @@ class _Setup:
         """Local band of slash_size diagonals + vertical_size random columns (sinks first), per head."""
         import torch
 
-        from sgl_qwen1m.attention.sparse import SparsePattern
-        from sgl_qwen1m.attention.vertical_slash import PAD, block_pattern, loop_bounds
+        from sgl_qwen1m.attention.vertical_slash import PAD
 
         b = sp.budgets[layer]
         n, dev = self.n, self.k.device
@@ -107,9 +106,7 @@ class _Setup:
         v_idx = torch.sort(torch.where(rank < b.vertical.view(1, -1, 1), v_top, PAD), dim=-1).values.to(torch.int32)
         ar = torch.arange(ks, device=dev).view(1, 1, -1).expand(1, self.h, ks)
         s_idx = torch.where(ar < b.slash.view(1, -1, 1), ar, PAD).to(torch.int32)
-        cov, diag = block_pattern(s_idx, state.dense, state.plan.key_blocks)
-        dcnt, vcnt = loop_bounds(diag, v_idx, state.first_block, state.c0, None, state.plan.max_blocks)
-        return SparsePattern(v_idx, s_idx, cov, diag, dcnt, vcnt)
+        return sp.build_pattern(state, v_idx, s_idx)
 
     def fwd_sparse_inputs(self, pat):
         """sgl_kernel's index format from the same column and diagonal sets."""
