@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import math
 import struct
 import subprocess
@@ -282,6 +283,12 @@ def test_prepare_model_dir(tmp_path: Path) -> None:
     from sgl_qwen1m.config import DCAConfig
 
     assert DCAConfig.from_hf_config(cfg).sparse_attention_enabled is False
+    intree = backends.prepare_model_dir(specs["dual_chunk_flash_attn"], SHAPE_DIR, DCA_DIR, tmp_path)
+    cfg = json.loads((intree / "config.json").read_text())["dual_chunk_attention_config"]
+    assert cfg["sparse_attention_threshold"] == 0  # every chunk sparse: the in-tree dense path needs FA3
+    assert (intree / "sparse_attention_config.json").read_text() == (DCA_DIR / "sparse_attention_config.json").read_text()
+    local = backends.prepare_model_dir(specs["qwen1m-sparse-local"], SHAPE_DIR, DCA_DIR, tmp_path)
+    assert local == DCA_DIR and specs["qwen1m-sparse-local"].weights == "local"
     with pytest.raises(ValueError):
         backends.prepare_model_dir(specs["flashinfer"], DCA_DIR, DCA_DIR, tmp_path)
     with pytest.raises(ValueError):
@@ -380,6 +387,10 @@ class Engine:
         return chunks()
     def flush_cache(self):
         return _Flush()
+    def update_weights_from_tensor(self, named_tensors, load_format=None, flush_cache=True):
+        names = [n for n, _ in named_tensors]
+        assert all(n.endswith(("q_proj.bias", "k_proj.bias")) for n in names), names
+        return True, f"{len(names)} tensors"
     def get_server_info(self):
         return {"max_total_num_tokens": 12345, "internal_states": [{"memory_usage": {"weight": 14.2}}]}
     def shutdown(self):
@@ -400,7 +411,7 @@ def test_e2e_with_fake_engine(tmp_path: Path) -> None:
         "sgl_qwen1m.bench",
         "e2e",
         "--backends",
-        "flashinfer,qwen1m-dense,dual_chunk_flash_attn",
+        "flashinfer,qwen1m-dense,dual_chunk_flash_attn,qwen1m-sparse-local",
         "--lengths",
         "4K,8K",
         "--decode-at",
@@ -428,12 +439,17 @@ def test_e2e_with_fake_engine(tmp_path: Path) -> None:
     assert rows[("tflops", "flashinfer", 4096)]["value"] > 0
     assert "out of memory" in rows[("ttft_s", "qwen1m-dense", 8192)]["error"]
     assert rows[("ttft_s", "qwen1m-dense", 4096)]["value"] > 0
-    assert rows[("ttft_s", "dual_chunk_flash_attn", 4096)]["error"].startswith("skipped")
+    assert rows[("ttft_s", "dual_chunk_flash_attn", 4096)]["value"] > 0  # threshold 0: every chunk sparse
     assert rows[("decode_step_ms", "dual_chunk_flash_attn", 4096)]["error"].startswith("skipped")
     be = data["backends"]
     assert be["flashinfer"]["checked"] is True and be["flashinfer"]["error"] is None
     assert be["flashinfer"]["max_total_num_tokens"] == 12345
-    assert be["dual_chunk_flash_attn"]["check"]["prompt_tokens"] == 32769
+    assert be["dual_chunk_flash_attn"]["check"]["prompt_tokens"] == 512
+    assert be["dual_chunk_flash_attn"]["fa3_import_stub"] is True
+    assert be["qwen1m-sparse-local"]["weights"] == {
+        "kind": "local", "q_k_bias_amplitude": 1.5, "zeroed_high_frequency_pairs": 16, "tensors": 56
+    }
+    assert rows[("ttft_s", "qwen1m-sparse-local", 4096)]["value"] > 0
     assert be["qwen1m-dense"]["engine_args"]["attention_backend"] == "qwen1m"
     assert "sparse_attention_enabled" in (Path(be["qwen1m-dense"]["model_path"]) / "config.json").read_text()
     assert "ttft 8192" in proc.stdout and "[" in proc.stdout
@@ -512,3 +528,52 @@ def test_serve_smoke_with_fake_server(tmp_path: Path) -> None:
     assert info["checked"] is True and info["error"] is None
     assert "served 20000 tokens" in info["server_log_tail"]
     assert "--attention-backend qwen1m" in info["server_command"]
+
+
+def test_fa3_stub_only_for_intree_workers_and_only_when_flash_ops_is_missing(tmp_path: Path) -> None:
+    """The shim makes ``from sgl_kernel import flash_ops`` import an empty module, never shadowing a real one."""
+    import subprocess
+    import sys
+
+    from sgl_qwen1m.bench.e2e import worker_env
+
+    stub = worker_env(backends.SPECS["dual_chunk_flash_attn"])["PYTHONPATH"].split(os.pathsep)[0]
+    assert stub.endswith("fa3_stub")
+    assert "fa3_stub" not in worker_env(backends.SPECS["qwen1m-sparse"]).get("PYTHONPATH", "")
+    pkg = tmp_path / "sgl_kernel"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    probe = "from sgl_kernel import flash_ops; print(getattr(flash_ops, 'SGL_QWEN1M_FA3_STUB', False))"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([stub, str(tmp_path)]))
+
+    def run() -> str:
+        return subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout
+
+    assert run().strip() == "True"
+    (pkg / "flash_ops.py").write_text("")  # a real FA3 library wins
+    assert run().strip() == "False"
+    env["PYTHONPATH"] = str(tmp_path)
+    (pkg / "flash_ops.py").unlink()
+    with pytest.raises(subprocess.CalledProcessError):
+        run()  # without the shim the import fails, as on the GPU bundle
+
+
+def test_local_weights_make_top_diagonals_contiguous() -> None:
+    """The ``-local`` biases concentrate the top diagonals into a band; dummy-scale biases (flat softmax) do not."""
+    import torch
+
+    from sgl_qwen1m.bench import local_weights as lw
+
+    named = lw.local_attention_biases(num_layers=2, num_heads=28, num_kv_heads=4, head_dim=128)
+    assert [n for n, _ in named][:2] == ["model.layers.0.self_attn.q_proj.bias", "model.layers.0.self_attn.k_proj.bias"]
+    assert named[0][1].shape == (28 * 128,) and named[1][1].shape == (4 * 128,) and len(named) == 4
+    v = lw.local_bias_vector(128)
+    assert v[:16].abs().sum() == 0 and v[64:80].abs().sum() == 0 and float(v[16]) == lw.DEFAULT_AMPLITUDE
+    touched, minimum = lw.slash_spread(v, 16384, 1000)
+    assert touched <= 1.25 * minimum, (touched, minimum)
+    touched, minimum = lw.slash_spread(torch.full((128,), 3e-4), 16384, 1000)  # SGLang dummy scale
+    assert touched >= 3 * minimum, (touched, minimum)
+    with pytest.raises(ValueError, match="skip_high_pairs"):
+        lw.local_bias_vector(128, skip_high_pairs=64)
+    with pytest.raises(ValueError, match="bad shape"):
+        lw.local_attention_biases(2, 28, 5, 128)

@@ -8,10 +8,18 @@ name                       ``--attention-backend``    model directory           
 ``qwen1m-dense``           ``qwen1m``                 1M shape, ``sparse_attention_enabled``  yes
                                                       false, no budgets file
 ``qwen1m-sparse``          ``qwen1m``                 1M shape with the sparse budgets        yes
+``*-local``                as without the suffix      same, q/k biases set by                 as
+                                                      :mod:`.local_weights` after start
 =========================  =========================  ======================================  =======
 
-[1] SGLang's in-tree DCA backend needs FA3 (``flash_ops``) for decode and for dense (below 32K-token) prefill;
-the offline GPU bundle ships without it, so only its sparse prefill is timed.
+[1] SGLang's in-tree DCA backend needs FA3 (``flash_ops``) for decode and for dense prefill (chunks at or under
+``sparse_attention_threshold``); the offline GPU bundle ships without it. So only its sparse prefill is timed: its
+model directory sets ``sparse_attention_threshold: 0`` (every chunk sparse), and its workers run with the import
+shim :mod:`sgl_qwen1m.bench.fa3_stub` (an empty ``flash_ops`` module, so the import succeeds and any real FA3
+call still fails).
+
+``-local`` backends measure speed when attention decays with distance, as in trained models (see
+:mod:`.local_weights`); the plain names keep SGLang's uniform dummy weights.
 
 The directories hold only ``config.json`` (and ``sparse_attention_config.json``); weights are random
 (``load_format="dummy"``). Copies of shared/gpu/models live in ``benchmarks/models/`` so the GPU host, which only
@@ -20,6 +28,7 @@ gets the repository, has them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -48,23 +57,31 @@ class BackendSpec:
     uses_dca_model: bool
     sparse: Optional[bool]  # None: the model directory as it is
     decode: bool = True
-    min_prompt_tokens: int = 1  # shorter prompts are known not to run (dual_chunk_flash_attn: dense needs FA3)
+    min_prompt_tokens: int = 1
+    weights: str = "dummy"  # "local": q/k biases from .local_weights after the engine starts
+    sparse_threshold: Optional[int] = None  # written into the model directory's DCA config when set
+    fa3_stub: bool = False  # run the worker with bench/fa3_stub first on PYTHONPATH
 
+
+_INTREE = BackendSpec(
+    "dual_chunk_flash_attn",
+    "dual_chunk_flash_attn",
+    uses_dca_model=True,
+    sparse=True,
+    decode=False,
+    sparse_threshold=0,
+    fa3_stub=True,
+)
 
 SPECS: dict[str, BackendSpec] = {
     s.name: s
     for s in (
         BackendSpec("flashinfer", "flashinfer", uses_dca_model=False, sparse=None),
-        BackendSpec(
-            "dual_chunk_flash_attn",
-            "dual_chunk_flash_attn",
-            uses_dca_model=True,
-            sparse=True,
-            decode=False,
-            min_prompt_tokens=32769,
-        ),
+        _INTREE,
+        dataclasses.replace(_INTREE, name="dual_chunk_flash_attn-local", weights="local"),
         BackendSpec("qwen1m-dense", "qwen1m", uses_dca_model=True, sparse=False),
         BackendSpec("qwen1m-sparse", "qwen1m", uses_dca_model=True, sparse=True),
+        BackendSpec("qwen1m-sparse-local", "qwen1m", uses_dca_model=True, sparse=True, weights="local"),
     )
 }
 
@@ -97,11 +114,25 @@ def parse_backends(text: str) -> list[str]:
     return names
 
 
+def _write_variant(dca_dir: Path, cfg: dict, suffix: str, work_dir: Optional[Path], keep_budgets: bool) -> Path:
+    """A copy of ``dca_dir`` with ``cfg`` as its config.json (budgets file kept only when ``keep_budgets``)."""
+    out = Path(work_dir or tempfile.mkdtemp(prefix="sgl_qwen1m_bench_")) / f"{dca_dir.name}-{suffix}"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    for extra in dca_dir.iterdir():  # keep e.g. generation_config.json
+        if extra.is_file() and extra.name != "config.json" and (keep_budgets or extra.name != SPARSE_FILE):
+            shutil.copy2(extra, out / extra.name)
+    return out
+
+
 def prepare_model_dir(spec: BackendSpec, shape_dir: Path, dca_dir: Path, work_dir: Optional[Path] = None) -> Path:
-    """The model directory to start ``spec`` with; a dense variant is written under ``work_dir`` when needed.
+    """The model directory to start ``spec`` with; a variant is written under ``work_dir`` when needed.
 
     * no DCA model: ``shape_dir`` (must lack ``dual_chunk_attention_config``);
-    * ``sparse=True``: ``dca_dir`` (must hold the budgets file, so SGLang injects and enables it);
+    * ``sparse=True``: ``dca_dir`` (must hold the budgets file, so SGLang injects and enables it), or a copy with
+      ``sparse_attention_threshold`` set when the spec overrides it;
     * ``sparse=False``: a copy of ``dca_dir/config.json`` with ``sparse_attention_enabled: false`` and no
       budgets file, so neither SGLang nor ``sgl_qwen1m.config.DCAConfig`` turns sparse prefill on.
     """
@@ -115,20 +146,17 @@ def prepare_model_dir(spec: BackendSpec, shape_dir: Path, dca_dir: Path, work_di
         raise ValueError(f"{dca_dir}/config.json lacks dual_chunk_attention_config (needed by {spec.name})")
     if spec.sparse is None:
         return dca_dir
+    dca = dict(cfg["dual_chunk_attention_config"])
     if spec.sparse:
         if not (dca_dir / SPARSE_FILE).exists():
             raise ValueError(f"{dca_dir} has no {SPARSE_FILE}; backend {spec.name} needs the sparse budgets")
-        if cfg["dual_chunk_attention_config"].get("sparse_attention_enabled") is False:
+        if dca.get("sparse_attention_enabled") is False:
             raise ValueError(f"{dca_dir}/config.json disables sparse attention; backend {spec.name} needs it on")
-        return dca_dir
-    out = Path(work_dir or tempfile.mkdtemp(prefix="sgl_qwen1m_bench_")) / f"{dca_dir.name}-dense"
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    cfg["dual_chunk_attention_config"] = dict(cfg["dual_chunk_attention_config"], sparse_attention_enabled=False)
-    cfg["dual_chunk_attention_config"].pop("sparse_attention_config", None)
-    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    for extra in dca_dir.iterdir():  # keep e.g. generation_config.json, never the budgets
-        if extra.is_file() and extra.name not in ("config.json", SPARSE_FILE):
-            shutil.copy2(extra, out / extra.name)
-    return out
+        if spec.sparse_threshold is None:
+            return dca_dir
+        cfg["dual_chunk_attention_config"] = dict(dca, sparse_attention_threshold=spec.sparse_threshold)
+        return _write_variant(dca_dir, cfg, f"threshold{spec.sparse_threshold}", work_dir, keep_budgets=True)
+    dca["sparse_attention_enabled"] = False
+    dca.pop("sparse_attention_config", None)
+    cfg["dual_chunk_attention_config"] = dca
+    return _write_variant(dca_dir, cfg, "dense", work_dir, keep_budgets=False)

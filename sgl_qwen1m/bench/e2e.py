@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .backends import SPECS, prepare_model_dir
+from .backends import SPECS, BackendSpec, prepare_model_dir
 from .common import Progress, stop_process_group
 from .floor import ModelShape, auto_context_length, mean_keys_per_query, prefill_floor_s
 from .results import Results, collect_versions, command_line, gpu_name
 
-__all__ = ["E2EOptions", "run_e2e", "context_length_for", "summary_lines"]
+__all__ = ["E2EOptions", "run_e2e", "context_length_for", "summary_lines", "worker_env"]
 
 WORKER_GRACE_S = 45.0  # shutdown time granted to a worker past the deadline
 
@@ -88,14 +89,24 @@ def _keys_per_query(dca_dir: Path) -> Optional[float]:
         return mean_keys_per_query(json.load(f))
 
 
+def worker_env(spec: BackendSpec) -> dict[str, str]:
+    """The worker's environment: ours, plus the FA3 import shim first on ``PYTHONPATH`` when the spec needs it."""
+    env = dict(os.environ)
+    if spec.fa3_stub:
+        stub = str(Path(__file__).resolve().parent / "fa3_stub")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [stub, env.get("PYTHONPATH", "")]))
+    return env
+
+
 def _run_worker(opts: E2EOptions, name: str, opts_path: Path, log: Progress) -> Optional[str]:
     """Run one backend's worker; return an error string when it did not finish cleanly."""
     cmd = [sys.executable, "-m", "sgl_qwen1m.bench", "_worker", "--options", str(opts_path), "--backend", name]
+    env = worker_env(SPECS[name])
     timeout = opts.backend_timeout_s
     if opts.deadline_at:
         timeout = min(timeout, max(1.0, opts.deadline_at - time.time() + WORKER_GRACE_S))
     log(f"starting worker for {name} (timeout {timeout:.0f}s)")
-    proc = subprocess.Popen(cmd, start_new_session=True)
+    proc = subprocess.Popen(cmd, start_new_session=True, env=env)
     previous = signal.getsignal(signal.SIGTERM)
 
     def _on_term(signum: int, frame: Any) -> None:  # the outer `timeout` must not orphan a GPU-holding worker

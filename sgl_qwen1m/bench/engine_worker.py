@@ -132,6 +132,8 @@ class _Run:
         self.engine = start_engine(**kwargs)
         self.row("engine_start_s", 0, time.monotonic() - t0)
         self.log(f"engine up in {time.monotonic() - t0:.1f}s")
+        if self.spec.weights == "local":
+            self.set_local_weights()
         try:
             info = self.engine.get_server_info()
             mem = (info.get("internal_states") or [{}])[0].get("memory_usage")
@@ -140,6 +142,27 @@ class _Run:
             )
         except Exception as e:  # informational only
             self.log(f"get_server_info failed: {e!r}")
+
+    def set_local_weights(self) -> None:
+        """Overwrite the q/k biases with :mod:`.local_weights` (attention that decays with distance)."""
+        from .local_weights import DEFAULT_AMPLITUDE, DEFAULT_SKIP_HIGH_PAIRS, local_attention_biases
+
+        sh = self.shape
+        tensors = local_attention_biases(sh.layers, sh.heads, sh.kv_heads, sh.head_dim)
+        out = self.engine.update_weights_from_tensor(named_tensors=tensors)
+        ok, msg = (out[0], out[1]) if isinstance(out, (tuple, list)) else (getattr(out, "success", True), str(out))
+        if not ok:
+            raise RuntimeError(f"update_weights_from_tensor refused the local q/k biases: {msg}")
+        self.res.backend_info(
+            self.spec.name,
+            weights={
+                "kind": "local",
+                "q_k_bias_amplitude": DEFAULT_AMPLITUDE,
+                "zeroed_high_frequency_pairs": DEFAULT_SKIP_HIGH_PAIRS,
+                "tensors": len(tensors),
+            },
+        )
+        self.log(f"local q/k biases set on {sh.layers} layers ({msg})")
 
     def check(self) -> bool:
         n = max(self.opts.check_tokens, self.spec.min_prompt_tokens)
@@ -252,6 +275,8 @@ def run_worker(opts: E2EOptions, name: str) -> int:
         attention_backend=spec.attention_backend,
         model_path=str(model_dir),
         sparse=spec.sparse,
+        weights=spec.weights,
+        fa3_import_stub=spec.fa3_stub,
         engine_args=kwargs,
         checked=False,
         check=None,

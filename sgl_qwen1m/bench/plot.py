@@ -69,8 +69,18 @@ def plot_ttft(
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for backend in backends_in(rows):
         pts = sorted((r["prompt_tokens"], r["value"]) for r in rows if r["backend"] == backend)
-        color, marker = _STYLE.get(backend, (None, "o"))
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, label=backend, lw=1.5)
+        local = backend.endswith("-local")  # same backend on distance-decaying weights (bench/local_weights.py)
+        color, marker = _STYLE.get(backend.removesuffix("-local"), (None, "o"))
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            marker=marker,
+            color=color,
+            label=backend,
+            lw=1.5,
+            ls="-." if local else "-",
+            mfc="white" if local else color,
+        )
     xs = _geomspace(lo, hi)
     ax.plot(
         xs,
@@ -80,7 +90,7 @@ def plot_ttft(
         lw=1,
         label=f"dense floor @ {peak_tflops:g} TFLOP/s",
     )
-    if keys_per_query and any(b.endswith("sparse") or b == "dual_chunk_flash_attn" for b in backends_in(rows)):
+    if keys_per_query and any("sparse" in b or b.startswith("dual_chunk") for b in backends_in(rows)):
         ax.plot(
             xs,
             [prefill_floor_s(shape, int(x), peak_tflops, keys_per_query) for x in xs],
