@@ -91,6 +91,51 @@ for r in sorted(e2e_ttft + s600_ttft + s1m_ttft, key=lambda r: (r["prompt_tokens
           f"efficiency {floor / r['value']:.2f}")
 
 # %% [markdown]
+# ## Sparse prefill: speed-up over dense FlashInfer
+# Same 7B-1M shape, real 7B budgets, chunked prefill 16,384. *uniform*: SGLang's dummy weights (flat attention, the
+# selected diagonals scatter). *local*: the same weights with q/k biases that make attention decay with distance
+# (`sgl_qwen1m/bench/local_weights.py`), the regime of trained models. The in-tree `dual_chunk_flash_attn` ran
+# prefill-only (every chunk sparse; its dense path and decode need FA3, absent from the GPU bundle). Each bar divides
+# the flashinfer TTFT of `sparse_e2e_local_h100.json` by the backend's; only qwen1m-sparse-local ran in that same run.
+
+# %%
+sp_local, sp_local_d = rows("sparse_e2e_local_h100", "ttft_s")  # flashinfer + qwen1m-sparse-local, one run
+sp_intree, _ = rows("sparse_e2e_intree_h100", "ttft_s")  # in-tree (both weights) + qwen1m-sparse-local, one run
+sp_uniform, _ = rows("sparse_e2e_h100", "ttft_s")  # qwen1m-sparse, uniform weights (earlier call)
+ttft = {}
+for rs in (sp_local, sp_intree, sp_uniform):
+    for r in rs:
+        ttft.setdefault((r["backend"], r["prompt_tokens"]), r["value"])  # the first file wins
+lengths = sorted({n for (b, n) in ttft if b == "flashinfer"})
+bars = [
+    ("qwen1m-sparse", "qwen1m-sparse, uniform", "C3"),
+    ("qwen1m-sparse-local", "qwen1m-sparse, local", "C1"),
+    ("dual_chunk_flash_attn", "in-tree, uniform", "C7"),
+    ("dual_chunk_flash_attn-local", "in-tree, local", "0.55"),
+]
+fig, ax = plt.subplots(figsize=(6, 3.6))
+width = 0.2
+for i, (backend, label, color) in enumerate(bars):
+    xs_, ys_ = [], []
+    for j, n in enumerate(lengths):
+        if (backend, n) in ttft:
+            xs_.append(j + (i - 1.5) * width)
+            ys_.append(ttft[("flashinfer", n)] / ttft[(backend, n)])
+    ax.bar(xs_, ys_, width, color=color, label=label)
+    for x, y in zip(xs_, ys_):
+        ax.text(x, y + 0.05, f"{y:.1f}", ha="center", fontsize=6)
+ax.axhline(1.0, color="0.3", lw=0.8)
+ax.set_xticks(range(len(lengths)), [f"{n // 1024}K" for n in lengths])
+ax.set_ylabel("speed-up over flashinfer (TTFT)")
+ax.set_title(f"Sparse prefill, {sp_local_d['gpu'].split(',')[0]}", fontsize=9)
+ax.legend(fontsize=7)
+ax.grid(alpha=0.3, axis="y")
+save(fig, "sparse_speedup")
+plt.show()
+for (backend, n), t in sorted(ttft.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    print(f"{backend:28s} {n:>9,} tokens: TTFT {t:7.2f} s, x{ttft[('flashinfer', n)] / t:.2f} vs flashinfer")
+
+# %% [markdown]
 # ## Decode step
 # One decode step of the whole model (batch 1) at the given context, from streaming (`e2e`, `serve-smoke`), and the
 # attention alone (28 layers in a CUDA graph, `decode_ops_h100.json`).

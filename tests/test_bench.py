@@ -446,6 +446,8 @@ def test_e2e_with_fake_engine(tmp_path: Path) -> None:
     assert be["flashinfer"]["max_total_num_tokens"] == 12345
     assert be["dual_chunk_flash_attn"]["check"]["prompt_tokens"] == 512
     assert be["dual_chunk_flash_attn"]["fa3_import_stub"] is True
+    assert be["dual_chunk_flash_attn"]["engine_args"]["disable_overlap_schedule"] is True
+    assert "disable_overlap_schedule" not in be["flashinfer"]["engine_args"]
     assert be["qwen1m-sparse-local"]["weights"] == {
         "kind": "local", "q_k_bias_amplitude": 1.5, "zeroed_high_frequency_pairs": 16, "tensors": 56
     }
@@ -577,3 +579,18 @@ def test_local_weights_make_top_diagonals_contiguous() -> None:
         lw.local_bias_vector(128, skip_high_pairs=64)
     with pytest.raises(ValueError, match="bad shape"):
         lw.local_attention_biases(2, 28, 5, 128)
+
+
+def test_merge_rows_first_file_wins() -> None:
+    a = {"gpu": "A", "rows": [{"metric": "ttft_s", "backend": "flashinfer", "prompt_tokens": 1, "value": 1.0}]}
+    b = {
+        "gpu": "B",
+        "rows": [
+            {"metric": "ttft_s", "backend": "flashinfer", "prompt_tokens": 1, "value": 9.0},
+            {"metric": "ttft_s", "backend": "qwen1m-sparse", "prompt_tokens": 1, "value": 2.0},
+        ],
+    }
+    merged = results.merge_rows([a, b])
+    assert merged["gpu"] == "A" and [r["value"] for r in merged["rows"]] == [1.0, 2.0]
+    with pytest.raises(ValueError):
+        results.merge_rows([])

@@ -2,8 +2,7 @@
 # Issue 5 on one GPU: the quickstart notebook in a real Jupyter kernel and every example program, on the bundled
 # tiny model with --attention-backend qwen1m.
 # Usage (GPU host, repo root):  source scripts/gpu/prologue.sh && bash scripts/gpu/frontend_checks.sh OUT_DIR TAG
-# Needs .gpu-bundle/jupyter.tar.xz (nbclient, ipykernel and their pure-Python deps for Python 3.12; see
-# scripts/gpu/README.md) and .gpu-bundle/nb/00_quickstart.ipynb (jupytext output of notebooks/00_quickstart.py).
+# Needs .gpu-bundle/jupyter.tar.xz and .gpu-bundle/nb/00_quickstart.ipynb: bash scripts/gpu/make-jupyter-bundle.sh
 set -uo pipefail
 out="${1:?usage: frontend_checks.sh OUT_DIR TAG}"; tag="${2:-h100}"
 mkdir -p "$out" /tmp/jsite

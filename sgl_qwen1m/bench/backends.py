@@ -16,7 +16,7 @@ name                       ``--attention-backend``    model directory           
 ``sparse_attention_threshold``); the offline GPU bundle ships without it. So only its sparse prefill is timed: its
 model directory sets ``sparse_attention_threshold: 0`` (every chunk sparse), and its workers run with the import
 shim :mod:`sgl_qwen1m.bench.fa3_stub` (an empty ``flash_ops`` module, so the import succeeds and any real FA3
-call still fails).
+call still fails) and without the overlap scheduler (which would start a decode step).
 
 ``-local`` backends measure speed when attention decays with distance, as in trained models (see
 :mod:`.local_weights`); the plain names keep SGLang's uniform dummy weights.
@@ -34,7 +34,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 __all__ = [
     "BackendSpec",
@@ -61,6 +61,7 @@ class BackendSpec:
     weights: str = "dummy"  # "local": q/k biases from .local_weights after the engine starts
     sparse_threshold: Optional[int] = None  # written into the model directory's DCA config when set
     fa3_stub: bool = False  # run the worker with bench/fa3_stub first on PYTHONPATH
+    engine_args: tuple[tuple[str, Any], ...] = ()  # ServerArgs fields this backend needs (before --engine-arg)
 
 
 _INTREE = BackendSpec(
@@ -71,6 +72,9 @@ _INTREE = BackendSpec(
     decode=False,
     sparse_threshold=0,
     fa3_stub=True,
+    # the overlap scheduler launches the next decode step before it sees that a max_new_tokens=1 request is done,
+    # and the in-tree decode needs FA3: without overlap, a prefill-only request never reaches decode
+    engine_args=(("disable_overlap_schedule", True),),
 )
 
 SPECS: dict[str, BackendSpec] = {

@@ -184,9 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="benchmarks/results/serve_smoke_600k.json")
     _common(s, 0.70)
 
-    p = sub.add_parser("plot", help="(re)draw the TTFT plot of a results JSON")
-    p.add_argument("json")
-    p.add_argument("--out", default="", help="PNG path (default: beside the JSON)")
+    p = sub.add_parser("plot", help="(re)draw the TTFT plot of one or more results JSONs")
+    p.add_argument("json", nargs="+", help="results files; with several, a row of an earlier file wins on ties")
+    p.add_argument("--out", default="", help="PNG path (default: beside the first JSON)")
     p.add_argument("--peak-tflops", type=float, default=800.0)
 
     f = sub.add_parser("plan", help="print FLOP floors and the memory split for given lengths (no GPU)")
@@ -252,10 +252,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return run_serve_smoke(serve_options(ns), args)
     if ns.cmd == "plot":
         from .plot import plot_ttft
-        from .results import Results
+        from .results import Results, merge_rows
 
-        out = Path(ns.out) if ns.out else Path(ns.json).with_suffix(".png")
-        path = plot_ttft(Results.load(ns.json), out, ns.peak_tflops)
+        out = Path(ns.out) if ns.out else Path(ns.json[0]).with_suffix(".png")
+        path = plot_ttft(merge_rows([Results.load(j) for j in ns.json]), out, ns.peak_tflops)
         print(f"{path} ({path.stat().st_size // 1024} KB)")
         return 0
     if ns.cmd == "plan":

@@ -51,6 +51,7 @@ def engine_kwargs(opts: E2EOptions, spec: BackendSpec, model_dir: Path) -> dict[
     if not opts.cuda_graph:
         kw["cuda_graph_backend_decode"] = "disabled"
         kw["cuda_graph_backend_prefill"] = "disabled"
+    kw.update(dict(spec.engine_args))
     kw.update(opts.engine_args)
     return kw
 

@@ -29,6 +29,7 @@ __all__ = [
     "METRICS",
     "Results",
     "validate",
+    "merge_rows",
     "command_line",
     "now_iso",
     "gpu_name",
@@ -222,6 +223,24 @@ class Results:
         """Read a results file as a dict."""
         with open(path) as f:
             return json.load(f)
+
+
+def merge_rows(datas: list[dict[str, Any]]) -> dict[str, Any]:
+    """One results dict with the rows of all ``datas`` (the first file's ``config``, ``gpu`` and ``command``).
+
+    A row whose (metric, backend, prompt_tokens) already came from an earlier file is dropped.
+    """
+    if not datas:
+        raise ValueError("merge_rows: no results given")
+    seen: set[tuple[str, str, int]] = set()
+    rows: list[dict[str, Any]] = []
+    for data in datas:
+        for r in data.get("rows", []):
+            key = (r["metric"], r["backend"], r["prompt_tokens"])
+            if key not in seen:
+                seen.add(key)
+                rows.append(r)
+    return dict(datas[0], rows=rows)
 
 
 def backends_in(rows: Iterable[dict[str, Any]]) -> list[str]:
