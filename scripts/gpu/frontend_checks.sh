@@ -10,7 +10,7 @@ mkdir -p "$out" /tmp/jsite
 export PYTHONPATH="$PYTHONPATH:/tmp/jsite" MPLBACKEND=Agg
 log="$out/frontend_gpu_$tag.log"
 {
-    echo "# $(nvidia-smi --query-gpu=name --format=csv,noheader | head -n1), $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+    echo "# $(nvidia-smi --query-gpu=name --format=csv,noheader | head -n1), $(date -u +%FT%TZ)"
     echo "== notebooks/00_quickstart (nbclient, python3 kernel)"
     python3 scripts/gpu/run_notebook.py .gpu-bundle/nb/00_quickstart.ipynb --out "$out/00_quickstart.gpu.ipynb" 2>&1 \
         | grep -v -E "Warning|warnings.warn|Capturing batches|Loading safetensors|Multi-thread loading"
