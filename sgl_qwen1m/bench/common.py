@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 __all__ = [
+    "EngineOptions",
     "REGULAR_VOCAB",
     "make_prompt",
     "check_output",
@@ -21,6 +22,27 @@ __all__ = [
     "Deadline",
     "median",
 ]
+
+@dataclass(kw_only=True)
+class EngineOptions:
+    """SGLang settings shared by the Engine benchmark (``E2EOptions``) and the HTTP smoke run (``ServeOptions``).
+
+    Keyword-only, so subclasses add required fields and override defaults freely.
+    """
+
+    model_shape: str = ""  # plain (no DCA) config dir, for flashinfer
+    model_dca: str = ""  # DCA config dir (with sparse_attention_config.json)
+    context_length: int = 0  # 0: longest prompt + new tokens + 1024, rounded up to 4096
+    chunked_prefill_size: int = 8192
+    mem_fraction_static: float = 0.80
+    max_running_requests: int = 4
+    max_total_tokens: int = -1  # -1: context_length (pool fits one request); 0: SGLang's own sizing
+    cuda_graph: bool = False
+    deadline_s: float = 0.0
+    seed: int = 0
+    log_level: str = "warning"
+    work_dir: str = "/tmp/sgl_qwen1m_bench"
+
 
 # Qwen2 tokens at and above 151643 are special (<|endoftext|>, <|im_start|>, ...); prompts use regular ids only.
 REGULAR_VOCAB = 151643

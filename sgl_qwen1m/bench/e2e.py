@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .backends import SPECS, BackendSpec, prepare_model_dir
-from .common import Progress, stop_process_group
+from .common import EngineOptions, Progress, stop_process_group
 from .floor import ModelShape, auto_context_length, mean_keys_per_query, prefill_floor_s
 from .results import Results, collect_versions, command_line, gpu_name
 
@@ -29,8 +29,8 @@ __all__ = ["E2EOptions", "run_e2e", "context_length_for", "summary_lines", "work
 WORKER_GRACE_S = 45.0  # shutdown time granted to a worker past the deadline
 
 
-@dataclass
-class E2EOptions:
+@dataclass(kw_only=True)
+class E2EOptions(EngineOptions):
     """Everything a worker needs; serialised to JSON between the orchestrator and the workers."""
 
     backends: list[str]
@@ -39,28 +39,16 @@ class E2EOptions:
     decode_at: int = 0
     decode_tokens: int = 32
     decode_method: str = "stream"
-    model_shape: str = ""
-    model_dca: str = ""
-    context_length: int = 0
-    chunked_prefill_size: int = 8192
-    mem_fraction_static: float = 0.80
-    max_running_requests: int = 4
-    max_total_tokens: int = -1  # -1: context_length (pool fits one request); 0: SGLang's own sizing
-    cuda_graph: bool = False
     check_tokens: int = 1024
     check_new_tokens: int = 8
     warmup_tokens: int = 40960
     repeats: int = 1
-    seed: int = 0
     peak_tflops: float = 800.0
-    log_level: str = "warning"
-    deadline_s: float = 0.0
     deadline_at: float = 0.0
     started_at: float = 0.0  # time.time() of the orchestrator's start, so workers log on the same clock
     backend_timeout_s: float = 1800.0
     time_unchecked: bool = False
     plot: bool = True
-    work_dir: str = "/tmp/sgl_qwen1m_bench"
     engine_args: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .backends import SPECS, prepare_model_dir
-from .common import Deadline, Progress, check_output, make_prompt, stop_process_group
+from .common import Deadline, EngineOptions, Progress, check_output, make_prompt, stop_process_group
 from .floor import ModelShape, auto_context_length
 from .gpu_mem import GpuMemSampler
 from .results import Results, collect_versions, command_line, gpu_name
@@ -32,31 +32,21 @@ __all__ = ["ServeOptions", "server_command", "run_serve_smoke", "free_port", "lo
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # localhost: never through a proxy
 
 
-@dataclass
-class ServeOptions:
-    """Options of one serve smoke run."""
+@dataclass(kw_only=True)
+class ServeOptions(EngineOptions):
+    """Options of one serve smoke run (engine settings in :class:`EngineOptions`)."""
 
     out: str
     backend: str = "qwen1m-sparse"
     prompt_tokens: int = 600_000
     new_tokens: int = 32
-    model_shape: str = ""
-    model_dca: str = ""
-    context_length: int = 0
-    chunked_prefill_size: int = 8192
     mem_fraction_static: float = 0.70
-    max_running_requests: int = 4
-    max_total_tokens: int = -1
-    cuda_graph: bool = False
     port: int = 0
     host: str = "127.0.0.1"
     start_timeout_s: float = 300.0
     request_timeout_s: float = 480.0
-    deadline_s: float = 0.0
-    seed: int = 0
     log_file: str = ""
     log_level: str = "info"
-    work_dir: str = "/tmp/sgl_qwen1m_bench"
     server_args: list[str] = field(default_factory=list)
 
 
