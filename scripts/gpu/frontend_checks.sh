@@ -2,17 +2,17 @@
 # Issue 5 on one GPU: the quickstart notebook in a real Jupyter kernel and every example program, on the bundled
 # tiny model with --attention-backend qwen1m.
 # Usage (GPU host, repo root):  source scripts/gpu/prologue.sh && bash scripts/gpu/frontend_checks.sh OUT_DIR TAG
-# Needs .gpu-bundle/jupyter.tar.xz and .gpu-bundle/nb/00_quickstart.ipynb: bash scripts/gpu/make-jupyter-bundle.sh
+# Needs .gpu-jupyter/jupyter.tar.xz and .gpu-jupyter/nb/00_quickstart.ipynb: bash scripts/gpu/make-jupyter-bundle.sh
 set -uo pipefail
 out="${1:?usage: frontend_checks.sh OUT_DIR TAG}"; tag="${2:-h100}"
 mkdir -p "$out" /tmp/jsite
-[ -f /tmp/jsite/.done ] || { tar xJf .gpu-bundle/jupyter.tar.xz -C /tmp/jsite && touch /tmp/jsite/.done; }
+[ -f /tmp/jsite/.done ] || { tar xJf .gpu-jupyter/jupyter.tar.xz -C /tmp/jsite && touch /tmp/jsite/.done; }
 export PYTHONPATH="$PYTHONPATH:/tmp/jsite" MPLBACKEND=Agg
 log="$out/frontend_gpu_$tag.log"
 {
     echo "# $(nvidia-smi --query-gpu=name --format=csv,noheader | head -n1), $(date -u +%FT%TZ)"
     echo "== notebooks/00_quickstart (nbclient, python3 kernel)"
-    python3 scripts/gpu/run_notebook.py .gpu-bundle/nb/00_quickstart.ipynb --out "$out/00_quickstart.gpu.ipynb" 2>&1 \
+    python3 scripts/gpu/run_notebook.py .gpu-jupyter/nb/00_quickstart.ipynb --out "$out/00_quickstart.gpu.ipynb" 2>&1 \
         | grep -v -E "Warning|warnings.warn|Capturing batches|Loading safetensors|Multi-thread loading"
     echo "quickstart rc=${PIPESTATUS[0]}"
     for ex in passkey_eval needle_qa multi_doc_qa map_reduce; do

@@ -5,7 +5,7 @@ Usage (GPU host, repo root, after ``source scripts/gpu/prologue.sh`` and with th
     python3 scripts/gpu/run_notebook.py NOTEBOOK.ipynb [--out EXECUTED.ipynb] [--timeout 900]
 
 The ``.ipynb`` is made from the jupytext ``.py`` on a machine with jupytext (the GPU host has none):
-``jupytext --to ipynb notebooks/00_quickstart.py -o .gpu-bundle/nb/00_quickstart.ipynb``. The kernel runs from
+``jupytext --to ipynb notebooks/00_quickstart.py -o .gpu-jupyter/nb/00_quickstart.ipynb``. The kernel runs from
 ``notebooks/`` with this process's environment. Exit status 0 only when every cell ran without an error.
 """
 
