@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(e, 0.80)
 
     s = sub.add_parser("serve-smoke", help="one long request through `python -m sglang.launch_server`")
-    s.add_argument("--backend", choices=[n for n, sp in SPECS.items() if sp.decode], default="qwen1m-sparse")
+    serve_backends = [n for n, sp in SPECS.items() if sp.decode and sp.weights == "dummy"]  # no -local over HTTP
+    s.add_argument("--backend", choices=serve_backends, default="qwen1m-sparse")
     s.add_argument("--prompt-tokens", type=_one_length, default=600_000)
     s.add_argument("--new-tokens", type=int, default=32)
     s.add_argument("--port", type=int, default=0, help="0 = a free port")
