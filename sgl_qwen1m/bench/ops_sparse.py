@@ -37,6 +37,9 @@ def add_parser(sub: Any, parse_lengths: Any) -> None:
     p.add_argument("--prefill-lengths", type=parse_lengths, default=[],
                    help="also time the pattern step of every chunk of a chunked prefill of these prompt lengths "
                         "(layer budgets cycle over chunks), x28 layers: rows estimate_prefill_s")
+    p.add_argument("--stage-breakdown", action="store_true",
+                   help="also time the pattern step's stages (estimate passes, top-k selection, block pattern + "
+                        "loop bounds) per layer: rows pattern_stage_ms")
     p.add_argument("--out", default="benchmarks/results/sparse_ops.json")
 
 
@@ -132,6 +135,28 @@ class _Setup:
         return sparse_attention(self.q[:, 0].unsqueeze(0), self.k.unsqueeze(0), self.v.unsqueeze(0), idx, self.d**-0.5)
 
 
+def _stage_ms(sp, state, s, layer: int, iters: int) -> dict[str, float]:
+    """Per-stage times (ms) of ``SparsePrefill.pattern`` for one layer (each stage synchronised on its own)."""
+    from sgl_qwen1m.attention.kernels_sparse import estimate_vs
+    from sgl_qwen1m.attention.vertical_slash import select_vertical_slash
+
+    q5 = s.q.expand(s.c, 5, s.h, s.d)
+    pp = state.plan
+
+    def est():
+        return estimate_vs(q5, state.q_scale, s.k, s.r2t, state.piece_table, pp.max_len, sp.sm_scale, None)
+
+    vert, slash = est()
+    sel_in = lambda: (vert.clone(), slash.clone())  # noqa: E731  (select modifies its inputs)
+    v_idx, s_idx = select_vertical_slash(*sel_in(), state.q_end, sp.budgets[layer])
+    clone = _ms(sel_in, iters)
+    return {
+        "estimate_passes": _ms(est, iters),
+        "select_topk": _ms(lambda: select_vertical_slash(*sel_in(), state.q_end, sp.budgets[layer]), iters) - clone,
+        "block_pattern_loop_bounds": _ms(lambda: sp.build_pattern(state, v_idx, s_idx), iters),
+    }
+
+
 def _rel(a, b) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
@@ -173,6 +198,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         sp, state = s.prefill(budgets)
         tot = {"flashinfer": 0.0, "qwen1m-sparse": 0.0, "sgl_kernel-fwd_sparse": 0.0, "estimate": 0.0,
                "convert": 0.0}
+        stages: dict[str, float] = {}
         flops = {"flashinfer": 0.0, "qwen1m-sparse": 0.0, "sgl_kernel-fwd_sparse": 0.0}
         dense_ms = _ms(s.run_dense, args.iters)
         causal_pairs = s.c * (n - s.c) + s.c * (s.c + 1) / 2
@@ -190,6 +216,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             flops["sgl_kernel-fwd_sparse"] += 4 * s.d * BLOCK * float(bc.long().sum() * BLOCK + cc.long().sum())
             q5 = s.q.expand(s.c, 5, s.h, s.d)
             tot["estimate"] += _ms(lambda: sp.pattern(state, li, q5, s.k, s.r2t), args.iters)
+            if args.stage_breakdown:
+                for k, v in _stage_ms(sp, state, s, li, args.iters).items():
+                    stages[k] = stages.get(k, 0.0) + v
         nl = len(layers)
         log(f"ops-sparse n={n} chunk={s.c} ({nl} layers): " + ", ".join(f"{k} {v / nl:.3f} ms" for k, v in tot.items()))
         extra = {"chunk_queries": s.c, "layers": nl, "what": "mean per layer over the 7B budgets; one chunk at the "
@@ -200,6 +229,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             results.upsert("computed_fraction", name, n, flops[name] / flops["flashinfer"], **extra)
         results.upsert("estimate_ms", "qwen1m-sparse", n, tot["estimate"] / nl, **extra)
         results.upsert("convert_ms", "sgl_kernel-fwd_sparse", n, tot["convert"] / nl, **extra)
+        for stage, ms in stages.items():
+            log(f"ops-sparse n={n}: pattern stage {stage} {ms / nl:.3f} ms")
+            results.upsert("pattern_stage_ms", f"qwen1m-sparse-{stage}", n, ms / nl, stage=stage, **extra)
         results.upsert("estimate_share", "qwen1m-sparse", n,
                        tot["estimate"] / (tot["estimate"] + tot["qwen1m-sparse"]), **extra)
         del s, sp, state
