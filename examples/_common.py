@@ -13,7 +13,7 @@ from typing import Any
 import sglang as sgl
 
 from sgl_qwen1m.frontend import ReferenceEngine, engine_backend
-from sgl_qwen1m.model.spec import BUNDLED_MODEL_DIR
+from sgl_qwen1m.model.spec import BUNDLED_MODEL_DIR, read_config, train_length
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -26,8 +26,10 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def start(kind: str, model: str, prompt_tokens: int) -> Any:
-    """Start the engine and install it as the frontend's default backend; returns the engine."""
+def start(kind: str, model: str, multiple: float) -> Any:
+    """Start the engine for prompts up to ``multiple`` x the model's training length (+256 tokens to answer) and
+    install it as the frontend's default backend; returns the engine."""
+    prompt_tokens = int(multiple * train_length(read_config(model))) + 256
     if kind == "reference":
         engine = ReferenceEngine(model)
     else:

@@ -45,7 +45,7 @@ if __name__ == "__main__":
     p.add_argument("--chunks", type=int, default=4)
     p.add_argument("--multiple", type=float, default=1.0)
     a = p.parse_args()
-    engine = start(a.engine, a.model, int(a.multiple * train_length(read_config(a.model))) + 256)
+    engine = start(a.engine, a.model, a.multiple)
     _, final = run(a.model, a.chunks, a.multiple, a.seed)
     print(f"final summary: {final!r}")
     engine.shutdown()

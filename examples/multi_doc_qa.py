@@ -41,7 +41,7 @@ if __name__ == "__main__":
     p.add_argument("--docs", type=int, default=3)
     p.add_argument("--multiple", type=float, default=2.0)
     a = p.parse_args()
-    engine = start(a.engine, a.model, int(a.multiple * train_length(read_config(a.model))) + 256)
+    engine = start(a.engine, a.model, a.multiple)
     got, want = run(a.model, a.docs, a.multiple, a.seed)
     print(f"gathered answers {got}; expected {want}; {sum(g == w for g, w in zip(got, want))}/{len(want)} right")
     engine.shutdown()

@@ -35,7 +35,7 @@ if __name__ == "__main__":
     p = parser(__doc__)
     p.add_argument("--multiple", type=float, default=4.0)
     a = p.parse_args()
-    engine = start(a.engine, a.model, int(a.multiple * train_length(read_config(a.model))) + 256)
+    engine = start(a.engine, a.model, a.multiple)
     got, want = run(a.model, a.multiple, a.seed)
     print(f"answer {got!r}; expected {want!r}")
     engine.shutdown()

@@ -36,7 +36,7 @@ if __name__ == "__main__":
     p.add_argument("--samples", type=int, default=5)
     a = p.parse_args()
     mults = [float(x) for x in a.multiples.split(",")]
-    engine = start(a.engine, a.model, int(max(mults) * train_length(read_config(a.model))) + 256)
+    engine = start(a.engine, a.model, max(mults))
     for m, v in run(a.model, mults, a.samples, a.seed).items():
         print(f"passkey x{m:g}: {v:.0%}")
     engine.shutdown()
