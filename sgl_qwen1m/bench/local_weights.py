@@ -67,29 +67,23 @@ def local_attention_biases(
     return out
 
 
-def _rope(x: torch.Tensor, pos: torch.Tensor, base: float) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    inv = base ** (-torch.arange(0, half, dtype=torch.float64) / half)
-    ang = pos.double().view(-1, 1) * inv.view(1, -1)
-    c, s = ang.cos(), ang.sin()
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
-
-
 def slash_spread(
     bias: torch.Tensor, length: int, num_slash: int, rope_base: float = 1e7, last_q: int = 64, block: int = 64
 ) -> tuple[int, int]:
-    """How scattered the top ``num_slash`` diagonals are when q = k = ``bias`` (fp64, CPU, one head).
+    """How scattered the top ``num_slash`` diagonals are when q = k = ``bias`` (CPU, one head).
 
     Scores the last ``last_q`` queries against ``length`` keys as the estimation does (softmax, then sums per
     diagonal) and returns ``(block diagonals the top diagonals touch, the minimum for a contiguous band)``. A ratio
     near 1 means a tile kernel computes little more than the budget.
     """
+    from sgl_qwen1m.model.torch_qwen2 import apply_rope, rope_cos_sin
+
     d = bias.numel()
     pos = torch.arange(length)
     qpos = pos[-last_q:]
-    k = _rope(bias.double().expand(length, d), pos, rope_base)
-    q = _rope(bias.double().expand(last_q, d), qpos, rope_base)
+    cos, sin = rope_cos_sin(pos, d, rope_base)
+    k = apply_rope(bias.double().expand(length, 1, d), cos, sin)[:, 0]
+    q = k[-last_q:]  # q = k = bias: the same rotation at the same positions
     s = (q @ k.T) / math.sqrt(d)
     off = qpos.view(-1, 1) - pos.view(1, -1)
     p = torch.softmax(s.masked_fill(off < 0, float("-inf")), dim=-1)
