@@ -144,7 +144,8 @@ def _stage_ms(sp, state, s, layer: int, iters: int) -> dict[str, float]:
     pp = state.plan
 
     def est():
-        return estimate_vs(q5, state.q_scale, s.k, s.r2t, state.piece_table, pp.max_len, sp.sm_scale, None)
+        cl = sp.cfg.chunk_len if sp.cfg is not None else None  # as SparsePrefill.pattern
+        return estimate_vs(q5, state.q_scale, s.k, s.r2t, state.piece_table, pp.max_len, sp.sm_scale, cl)
 
     vert, slash = est()
     sel_in = lambda: (vert.clone(), slash.clone())  # noqa: E731  (select modifies its inputs)
