@@ -1,6 +1,6 @@
 """Triton kernels for vertical-slash sparse prefill on SGLang's paged KV pool (no K/V copies, no GQA repeat).
 
-* ``estimate_vs``: two passes over the keys of each piece (one query head per program, 64 estimation rows):
+* ``estimate_scores``: two passes over the keys of each piece (one query head per program, 64 estimation rows):
   pass 1 the fp32 log-sum-exp of every row, pass 2 the softmax column sums (vertical) and diagonal sums (slash).
   Workspace is ``[P, H, L]`` scores plus ``[P, H, S, 64]`` partials: no ``[H, 64, L]`` tensor.
 * ``vs_attention``: one launch per layer for every piece, head and 64-row query block. It walks the head's block
@@ -23,7 +23,7 @@ import triton.language as tl
 
 from sgl_qwen1m.attention.vertical_slash import BLOCK
 
-__all__ = ["estimate_vs", "vs_attention"]
+__all__ = ["estimate_scores", "estimate_vs", "vs_attention"]
 
 LOG2E = 1.4426950408889634
 
@@ -182,6 +182,21 @@ def estimate_vs(
     sm_scale: float,
     chunk_len: Optional[int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``estimate_scores`` split into (vertical, slash), each ``[P, H, L]`` float32."""
+    scores = estimate_scores(q, q_scale, k_cache, req_to_token, piece_table, max_len, sm_scale, chunk_len)
+    return scores[0], scores[1]
+
+
+def estimate_scores(
+    q: torch.Tensor,
+    q_scale: torch.Tensor,
+    k_cache: torch.Tensor,
+    req_to_token: torch.Tensor,
+    piece_table: torch.Tensor,
+    max_len: int,
+    sm_scale: float,
+    chunk_len: Optional[int],
+) -> torch.Tensor:
     """Vertical and slash scores of every piece (see :mod:`sgl_qwen1m.attention.vertical_slash`).
 
     Parameters
@@ -195,7 +210,7 @@ def estimate_vs(
 
     Returns
     -------
-    (vertical, slash) ``[P, H, L]`` float32.
+    ``[2, P, H, L]`` float32: vertical scores, then slash scores.
     """
     t, nv, h, d = q.shape
     hkv = k_cache.shape[1]
@@ -217,12 +232,13 @@ def estimate_vs(
     mx = m.amax(dim=2, keepdim=True)
     mx_safe = torch.where(torch.isinf(mx), torch.zeros_like(mx), mx)
     lse2 = (mx_safe + torch.log2((l * torch.exp2(m - mx_safe)).sum(2, keepdim=True))).squeeze(2).contiguous()
-    vert = torch.zeros(p, h, max_len, dtype=torch.float32, device=q.device)
-    slash = torch.zeros_like(vert)
+    # rows padded to whole tiles: row strides stay multiples of 16 whatever L is (one Triton specialisation)
+    scores = torch.zeros(2, p, h, tiles * BLOCK, dtype=torch.float32, device=q.device)[..., :max_len]
+    vert, slash = scores[0], scores[1]
     _est_scores_kernel[grid](q, q.stride(0), q.stride(1), q.stride(2), q_scale, k_cache, k_cache.stride(0),
                              k_cache.stride(1), req_to_token, req_to_token.stride(0), piece_table, lse2, vert, slash,
                              vert.stride(0), vert.stride(1), sm_log2, cl, ns, **common)
-    return vert, slash
+    return scores
 
 
 # ----------------------------------------------------------------------------------------------- sparse attention

@@ -2,9 +2,9 @@
 
 Per layer and prefill batch (all pieces of all requests at once, no per-head loop, no host sync):
 
-1. ``estimate_vs`` (2 Triton launches): vertical and slash scores from each piece's last ``last_q`` queries;
-2. ``select_vertical_slash`` (torch ``topk``/``sort``): per-head budgets from ``sparse_attention_config.json``;
-3. ``block_pattern`` + ``loop_bounds`` (torch): block diagonals and per-row-block loop ranges;
+1. ``estimate_scores`` (2 Triton launches): vertical and slash scores from each piece's last ``last_q`` queries;
+2. ``select_vs`` (1 Triton launch, radix top-k): per-head budgets from ``sparse_attention_config.json``;
+3. ``pattern_bounds`` (1 Triton launch): block diagonals and per-row-block loop ranges;
 4. ``vs_attention`` (1 Triton launch): every DCA stage of every query in one online softmax.
 
 Pieces of requests that attend at most ``threshold`` keys share the launch with a full pattern (exact).
@@ -20,7 +20,8 @@ from typing import Optional, Sequence
 import torch
 
 from sgl_qwen1m.attention.dca import DCAPlan, RequestSpan
-from sgl_qwen1m.attention.kernels_sparse import estimate_vs, vs_attention
+from sgl_qwen1m.attention.kernels_select import pattern_bounds, select_vs
+from sgl_qwen1m.attention.kernels_sparse import estimate_scores, estimate_vs, vs_attention
 from sgl_qwen1m.attention.vertical_slash import (
     PAD,
     LayerBudget,
@@ -31,11 +32,19 @@ from sgl_qwen1m.attention.vertical_slash import (
     plan_pieces,
     select_vertical_slash,
 )
-from sgl_qwen1m.config import DEFAULT_LAST_Q, DEFAULT_SPARSE_THRESHOLD, DCAConfig, SparseBudgets
+from sgl_qwen1m.config import (
+    DEFAULT_LAST_Q,
+    DEFAULT_SPARSE_THRESHOLD,
+    LOCAL_DIAGONALS,
+    SINK_COLUMNS,
+    DCAConfig,
+    SparseBudgets,
+)
 
-__all__ = ["SparseState", "SparsePattern", "SparsePrefill", "STATS_ENV"]
+__all__ = ["SparseState", "SparsePattern", "SparsePrefill", "SELECT_ENV", "STATS_ENV"]
 
 logger = logging.getLogger(__name__)
+SELECT_ENV = "QWEN1M_SPARSE_SELECT"  # "torch": select with torch topk/sort (the reference path) instead of Triton
 STATS_ENV = "QWEN1M_SPARSE_STATS"  # not SGL_*: SGLang renames SGL_* variables  # "1": log layer 0's computed fraction per batch (adds a host sync)
 
 
@@ -51,6 +60,7 @@ class SparseState:
     c0: torch.Tensor  # [P] int64
     dense: torch.Tensor  # [P] bool
     q_scale: torch.Tensor  # [T] float32
+    piece_meta: torch.Tensor  # [P, 4] int32 rows [first_block, c0, dense, 0] (pattern kernel)
 
 
 @dataclass
@@ -106,6 +116,7 @@ class SparsePrefill:
         self.device = device
         self.budgets: list[LayerBudget] = layer_budgets(budgets, device)
         self.stats = os.environ.get(STATS_ENV) == "1"
+        self.torch_select = os.environ.get(SELECT_ENV, "triton") == "torch"
 
     def plan(
         self,
@@ -124,10 +135,11 @@ class SparsePrefill:
         blocks = torch.tensor(pp.block_table(), dtype=torch.int32).to(dev, non_blocking=True)
         host = torch.tensor([[p.q_end, p.first_block, p.c0, not p.sparse] for p in pp.pieces], dtype=torch.int64)
         host = host.to(dev, non_blocking=True)
+        meta = torch.tensor([[p.first_block, p.c0, not p.sparse, 0] for p in pp.pieces], dtype=torch.int32)
         if token_scale is None:
             token_scale = torch.ones(plan.num_tokens, dtype=torch.float32, device=dev)
         return SparseState(pp, table, blocks, host[:, 0], host[:, 1], host[:, 2], host[:, 3].bool(),
-                           token_scale.float().contiguous())
+                           token_scale.float().contiguous(), meta.to(dev, non_blocking=True))
 
     def pattern(
         self,
@@ -137,7 +149,29 @@ class SparsePrefill:
         k_cache: torch.Tensor,
         req_to_token: torch.Tensor,
     ) -> SparsePattern:
-        """Estimate and select one layer's pattern. ``q``: ``[T, V, H, D]``."""
+        """Estimate and select one layer's pattern. ``q``: ``[T, V, H, D]``.
+
+        Three launches: ``estimate_scores`` (two passes), ``select_vs`` (radix top-k + compaction) and
+        ``pattern_bounds``; the torch path (``select_vertical_slash`` + ``build_pattern``) is their reference."""
+        pp = state.plan
+        cl = self.cfg.chunk_len if self.cfg is not None else None
+        scores = estimate_scores(q, state.q_scale, k_cache, req_to_token, state.piece_table, pp.max_len,
+                                 self.sm_scale, cl)
+        v_idx, s_idx = select_vs(scores, state.q_end, state.dense, self.budgets[layer_id], SINK_COLUMNS,
+                                 LOCAL_DIAGONALS)
+        del scores
+        cov, diag, dcnt, vcnt = pattern_bounds(s_idx, v_idx, state.piece_meta, pp.key_blocks, pp.max_blocks, cl)
+        return SparsePattern(v_idx, s_idx, cov, diag, dcnt, vcnt)
+
+    def pattern_torch(
+        self,
+        state: SparseState,
+        layer_id: int,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        req_to_token: torch.Tensor,
+    ) -> SparsePattern:
+        """``pattern`` with the torch selection and block pattern (reference and benchmark baseline)."""
         pp = state.plan
         cl = self.cfg.chunk_len if self.cfg is not None else None
         vert, slash = estimate_vs(q, state.q_scale, k_cache, req_to_token, state.piece_table, pp.max_len,
@@ -183,7 +217,8 @@ class SparsePrefill:
         """One layer: ``q5`` ``[T, V * H * D]`` (SGLang's concatenated variants) -> ``[T, H, D]``."""
         t = q5.shape[0]
         q = q5.view(t, -1, self.num_qo_heads, self.head_dim)
-        pat = self.pattern(state, layer_id, q, kv_cache[0], req_to_token)
+        pattern = self.pattern_torch if self.torch_select else self.pattern
+        pat = pattern(state, layer_id, q, kv_cache[0], req_to_token)
         if self.stats and layer_id == 0:
             self.log_stats(state, pat)
         return self.attend(state, pat, q, kv_cache, req_to_token)[0]

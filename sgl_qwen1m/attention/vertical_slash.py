@@ -170,6 +170,7 @@ class LayerBudget:
     slash: torch.Tensor  # [H] int64
     max_vertical: int
     max_slash: int
+    stacked: Optional[torch.Tensor] = None  # [2, H] int32 (vertical, slash) for the selection kernel
 
 
 def layer_budgets(budgets: SparseBudgets, device: torch.device) -> list[LayerBudget]:
@@ -187,6 +188,7 @@ def layer_budgets(budgets: SparseBudgets, device: torch.device) -> list[LayerBud
                 torch.tensor(s, dtype=torch.int64, device=device),
                 max(v),
                 max(s),
+                torch.tensor([v, s], dtype=torch.int32, device=device),
             )
         )
     return out

@@ -136,25 +136,33 @@ class _Setup:
 
 
 def _stage_ms(sp, state, s, layer: int, iters: int) -> dict[str, float]:
-    """Per-stage times (ms) of ``SparsePrefill.pattern`` for one layer (each stage synchronised on its own)."""
-    from sgl_qwen1m.attention.kernels_sparse import estimate_vs
+    """Per-stage times (ms) of ``SparsePrefill.pattern`` for one layer (each stage synchronised on its own), plus
+    the torch reference stages it replaced (``*_torch``)."""
+    from sgl_qwen1m.attention.kernels_select import pattern_bounds, select_vs
+    from sgl_qwen1m.attention.kernels_sparse import estimate_scores
     from sgl_qwen1m.attention.vertical_slash import select_vertical_slash
+    from sgl_qwen1m.config import LOCAL_DIAGONALS, SINK_COLUMNS
 
     q5 = s.q.expand(s.c, 5, s.h, s.d)
     pp = state.plan
+    cl = sp.cfg.chunk_len if sp.cfg is not None else None  # as SparsePrefill.pattern
+    bud = sp.budgets[layer]
 
     def est():
-        cl = sp.cfg.chunk_len if sp.cfg is not None else None  # as SparsePrefill.pattern
-        return estimate_vs(q5, state.q_scale, s.k, s.r2t, state.piece_table, pp.max_len, sp.sm_scale, cl)
+        return estimate_scores(q5, state.q_scale, s.k, s.r2t, state.piece_table, pp.max_len, sp.sm_scale, cl)
 
-    vert, slash = est()
-    sel_in = lambda: (vert.clone(), slash.clone())  # noqa: E731  (select modifies its inputs)
-    v_idx, s_idx = select_vertical_slash(*sel_in(), state.q_end, sp.budgets[layer])
+    scores = est()
+    sel = lambda: select_vs(scores, state.q_end, state.dense, bud, SINK_COLUMNS, LOCAL_DIAGONALS)  # noqa: E731
+    v_idx, s_idx = sel()
+    sel_in = lambda: (scores[0].clone(), scores[1].clone())  # noqa: E731  (the torch select modifies its inputs)
     clone = _ms(sel_in, iters)
     return {
         "estimate_passes": _ms(est, iters),
-        "select_topk": _ms(lambda: select_vertical_slash(*sel_in(), state.q_end, sp.budgets[layer]), iters) - clone,
-        "block_pattern_loop_bounds": _ms(lambda: sp.build_pattern(state, v_idx, s_idx), iters),
+        "select_topk": _ms(sel, iters),
+        "block_pattern_loop_bounds": _ms(
+            lambda: pattern_bounds(s_idx, v_idx, state.piece_meta, pp.key_blocks, pp.max_blocks, cl), iters),
+        "select_topk_torch": _ms(lambda: select_vertical_slash(*sel_in(), state.q_end, bud), iters) - clone,
+        "block_pattern_loop_bounds_torch": _ms(lambda: sp.build_pattern(state, v_idx, s_idx), iters),
     }
 
 
