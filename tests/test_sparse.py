@@ -112,11 +112,11 @@ def test_estimate_matches_reference_and_selects_same_indices(name):
     spans, cfg = CASES[name]
     case = make_case(spans, cfg, yarn=(1.3, 1.0))
     sp, state = make_prefill(case, budgets_for(4, 20, 40))
-    from sgl_qwen1m.attention.kernels_sparse import estimate_vs
+    from sgl_qwen1m.attention.kernels_sparse import estimate_scores
 
     pp = state.plan
-    vert, slash = estimate_vs(case.q5, state.q_scale, case.k_pool, case.req_to_token, state.piece_table,
-                              pp.max_len, case.sm_scale, cfg.chunk_len if cfg else None)
+    vert, slash = estimate_scores(case.q5, state.q_scale, case.k_pool, case.req_to_token, state.piece_table,
+                                  pp.max_len, case.sm_scale, cfg.chunk_len if cfg else None)
     row_of = {r: row for r, row, _ in _rows_of(case)}
     ref_v = torch.zeros_like(vert)
     ref_s = torch.zeros_like(slash)
@@ -275,3 +275,16 @@ def test_recall_base_is_explicit():
     torch.testing.assert_close(attention_recall(lse_s, lse_f, base=2), torch.tensor([1.0, 0.5]))
     with pytest.raises(ValueError, match="base"):
         attention_recall(lse_s, lse_f, base=1)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_torch_selection_path_gives_the_same_pattern(name):
+    """``QWEN1M_SPARSE_SELECT=torch`` (torch topk + build_pattern) and the Triton selection agree exactly."""
+    spans, cfg = CASES[name]
+    case = make_case(spans, cfg, yarn=(1.2,))
+    sp, state = make_prefill(case, budgets_for(4, 20, 40))
+    fast = sp.pattern(state, 0, case.q5, case.k_pool, case.req_to_token)
+    sp.torch_select = True
+    ref = sp.pattern(state, 0, case.q5, case.k_pool, case.req_to_token)
+    for field in ("v_idx", "s_idx", "cov", "diag", "dcnt", "vcnt"):
+        assert torch.equal(getattr(fast, field), getattr(ref, field)), field

@@ -29,10 +29,7 @@ DEV = torch.device("cuda" if GPU else "cpu")
 
 
 def _budget(vertical: list[int], slash: list[int]) -> LayerBudget:
-    return LayerBudget(
-        torch.tensor(vertical, device=DEV), torch.tensor(slash, device=DEV), max(vertical), max(slash),
-        torch.tensor([vertical, slash], dtype=torch.int32, device=DEV),
-    )
+    return LayerBudget(torch.tensor(vertical, device=DEV), torch.tensor(slash, device=DEV), max(vertical), max(slash))
 
 
 def _scores(p: int, h: int, length: int, q_end: list[int], seed: int, levels: int = 0) -> torch.Tensor:
@@ -141,8 +138,8 @@ def test_pattern_bounds_equals_block_pattern_and_loop_bounds(chunk_len):
     v_idx = sorted_pad(150, q_end)
     dense = torch.tensor([False, False, True], device=DEV)
     v_idx[2] = PAD  # dense pieces carry no columns (select_vs guarantees it)
-    meta = torch.tensor([[f, c, int(d), 0] for f, c, d in zip(first_block, c0, dense.tolist())],
-                        dtype=torch.int32, device=DEV)
+    meta = torch.tensor([[e, f, c, int(d)] for e, f, c, d in zip(q_end, first_block, c0, dense.tolist())],
+                        dtype=torch.int64, device=DEV)
     cov, diag, dcnt, vcnt = pattern_bounds(s_idx, v_idx, meta, nb, max_blocks, cl)
     want_cov, want_diag = block_pattern(s_idx, dense, nb)
     fb = torch.tensor(first_block, device=DEV)

@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from sgl_qwen1m.attention.kernels_sparse import splits_per_row
 from sgl_qwen1m.attention.vertical_slash import BLOCK, PAD, LayerBudget
 
 __all__ = ["select_vs", "pattern_bounds"]
@@ -209,7 +210,8 @@ def select_vs(
     kv = max(1, min(budget.max_vertical, length))
     ks = max(1, min(budget.max_slash, length))
     dev = scores.device
-    per = triton.cdiv(triton.cdiv(length, _splits(2 * p * h, length, dev)), _SPAN) * _SPAN
+    slices = min(_MAX_SPLITS, splits_per_row(2 * p * h, triton.cdiv(length, _SPAN), dev))
+    per = triton.cdiv(triton.cdiv(length, slices), _SPAN) * _SPAN
     splits = triton.cdiv(length, per)
     out = torch.empty(2, p, h, max(kv, ks), dtype=torch.int32, device=dev)
     hist = torch.zeros(4, 2, p, h, 256, dtype=torch.int32, device=dev)
@@ -224,12 +226,6 @@ def select_vs(
     _write_kernel[grid](*row, cnt, cnt.stride(0), cnt.stride(1), cnt.stride(2), out, out.stride(0), out.stride(1),
                         out.stride(2), SPAN=_SPAN, SMAX=_MAX_SPLITS, num_warps=8)
     return out[0, :, :, :kv], out[1, :, :, :ks]
-
-
-def _splits(rows: int, length: int, device: torch.device) -> int:
-    """Slices per row so that about four programs run per SM (each slice at least ``_SPAN`` long)."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    return max(1, min(_MAX_SPLITS, triton.cdiv(length, _SPAN), triton.cdiv(4 * sms, max(rows, 1))))
 
 
 @triton.jit
@@ -258,9 +254,9 @@ def _pattern_kernel(
     p = tl.program_id(1)
     H = tl.num_programs(0)
     meta = PIECE + p * 4
-    fb = tl.load(meta)
-    c0 = tl.load(meta + 1)
-    dense = tl.load(meta + 2)
+    fb = tl.load(meta + 1).to(tl.int32)
+    c0 = tl.load(meta + 2).to(tl.int32)
+    dense = tl.load(meta + 3)
     prev = tl.maximum(c0 - cl, 0)
     srow = SIDX + p * s_sp + h * s_sh
     vrow = VIDX + p * s_vp + h * s_vh
@@ -302,7 +298,7 @@ def _nlog(n: int) -> int:
 def pattern_bounds(
     s_idx: torch.Tensor,
     v_idx: torch.Tensor,
-    piece_meta: torch.Tensor,
+    pieces: torch.Tensor,
     num_key_blocks: int,
     max_blocks: int,
     chunk_len: Optional[int],
@@ -313,7 +309,7 @@ def pattern_bounds(
     ----------
     s_idx : ``[P, H, KS]`` int32 ascending diagonals; v_idx : ``[P, H, KV]`` int32 ascending columns (PAD-padded,
         last-dim stride 1; pieces that run densely must already have no columns).
-    piece_meta : ``[P, 4]`` int32 rows ``[first_block, c0, dense, 0]``.
+    pieces : ``[P, 4]`` int64 rows ``[q_end, first_block, c0, dense]`` (``SparseState.pieces``), contiguous.
     num_key_blocks : NB; max_blocks : MB; chunk_len : DCA chunk length or None.
 
     Returns
@@ -324,6 +320,8 @@ def pattern_bounds(
     kv = v_idx.shape[2]
     if s_idx.stride(-1) != 1 or v_idx.stride(-1) != 1:
         raise ValueError("pattern_bounds: index lists must be contiguous in their last dimension")
+    if pieces.shape[1:] != (4,) or not pieces.is_contiguous():
+        raise ValueError(f"pattern_bounds: pieces must be a contiguous [P, 4] table, got {tuple(pieces.shape)}")
     nb = num_key_blocks
     dev = s_idx.device
     cov = torch.empty(p, h, nb, dtype=torch.int8, device=dev)
@@ -332,7 +330,7 @@ def pattern_bounds(
     vcnt = torch.empty_like(dcnt)
     cl = chunk_len if chunk_len is not None else 1 << 30
     _pattern_kernel[(h, p)](
-        s_idx, s_idx.stride(0), s_idx.stride(1), ks, v_idx, v_idx.stride(0), v_idx.stride(1), kv, piece_meta,
+        s_idx, s_idx.stride(0), s_idx.stride(1), ks, v_idx, v_idx.stride(0), v_idx.stride(1), kv, pieces,
         cov, cov.stride(0), cov.stride(1), diag, diag.stride(0), diag.stride(1), nb, dcnt, vcnt, max_blocks, cl,
         _nlog(ks), _nlog(kv), _nlog(nb), BD=_BD, BR=_BR, BLK=BLOCK, num_warps=4,
     )

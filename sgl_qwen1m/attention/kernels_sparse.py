@@ -23,7 +23,7 @@ import triton.language as tl
 
 from sgl_qwen1m.attention.vertical_slash import BLOCK
 
-__all__ = ["estimate_scores", "estimate_vs", "vs_attention"]
+__all__ = ["estimate_scores", "splits_per_row", "vs_attention"]
 
 LOG2E = 1.4426950408889634
 
@@ -167,24 +167,11 @@ def _est_scores_kernel(
         tl.atomic_add(sbase + o_hi, hi, mask=(o_hi >= 0) & (o_hi < qend) & (e < BM - 1), sem="relaxed")
 
 
-def _nsplit(programs: int, tiles: int, device: torch.device) -> int:
+def splits_per_row(programs: int, tiles: int, device: torch.device) -> int:
+    """Programs per row (at most ``tiles``) so that about four programs run per SM when ``programs`` rows share
+    the GPU."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
     return max(1, min(tiles, -(-4 * sms // max(programs, 1))))
-
-
-def estimate_vs(
-    q: torch.Tensor,
-    q_scale: torch.Tensor,
-    k_cache: torch.Tensor,
-    req_to_token: torch.Tensor,
-    piece_table: torch.Tensor,
-    max_len: int,
-    sm_scale: float,
-    chunk_len: Optional[int],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``estimate_scores`` split into (vertical, slash), each ``[P, H, L]`` float32."""
-    scores = estimate_scores(q, q_scale, k_cache, req_to_token, piece_table, max_len, sm_scale, chunk_len)
-    return scores[0], scores[1]
 
 
 def estimate_scores(
@@ -217,9 +204,9 @@ def estimate_scores(
     p = piece_table.shape[0]
     dca = chunk_len is not None
     if dca and nv < 5:
-        raise ValueError(f"estimate_vs: DCA needs the 5 query variants, got {nv}")
+        raise ValueError(f"estimate_scores: DCA needs the 5 query variants, got {nv}")
     tiles = triton.cdiv(max_len, BLOCK)
-    ns = _nsplit(h * p, tiles, q.device)
+    ns = splits_per_row(h * p, tiles, q.device)
     ml = torch.empty(p, h, ns, 2, BLOCK, dtype=torch.float32, device=q.device)
     sm_log2 = sm_scale * LOG2E
     cl = chunk_len if dca else 1 << 30

@@ -21,7 +21,7 @@ import torch
 
 from sgl_qwen1m.attention.dca import DCAPlan, RequestSpan
 from sgl_qwen1m.attention.kernels_select import pattern_bounds, select_vs
-from sgl_qwen1m.attention.kernels_sparse import estimate_scores, estimate_vs, vs_attention
+from sgl_qwen1m.attention.kernels_sparse import estimate_scores, vs_attention
 from sgl_qwen1m.attention.vertical_slash import (
     PAD,
     LayerBudget,
@@ -60,7 +60,7 @@ class SparseState:
     c0: torch.Tensor  # [P] int64
     dense: torch.Tensor  # [P] bool
     q_scale: torch.Tensor  # [T] float32
-    piece_meta: torch.Tensor  # [P, 4] int32 rows [first_block, c0, dense, 0] (pattern kernel)
+    pieces: torch.Tensor  # [P, 4] int64 rows [q_end, first_block, c0, dense]; the four fields above are its columns
 
 
 @dataclass
@@ -135,11 +135,10 @@ class SparsePrefill:
         blocks = torch.tensor(pp.block_table(), dtype=torch.int32).to(dev, non_blocking=True)
         host = torch.tensor([[p.q_end, p.first_block, p.c0, not p.sparse] for p in pp.pieces], dtype=torch.int64)
         host = host.to(dev, non_blocking=True)
-        meta = torch.tensor([[p.first_block, p.c0, not p.sparse, 0] for p in pp.pieces], dtype=torch.int32)
         if token_scale is None:
             token_scale = torch.ones(plan.num_tokens, dtype=torch.float32, device=dev)
         return SparseState(pp, table, blocks, host[:, 0], host[:, 1], host[:, 2], host[:, 3].bool(),
-                           token_scale.float().contiguous(), meta.to(dev, non_blocking=True))
+                           token_scale.float().contiguous(), host)
 
     def pattern(
         self,
@@ -152,33 +151,20 @@ class SparsePrefill:
         """Estimate and select one layer's pattern. ``q``: ``[T, V, H, D]``.
 
         Three launches: ``estimate_scores`` (two passes), ``select_vs`` (radix top-k + compaction) and
-        ``pattern_bounds``; the torch path (``select_vertical_slash`` + ``build_pattern``) is their reference."""
+        ``pattern_bounds``. With ``QWEN1M_SPARSE_SELECT=torch`` the selection runs through their torch references
+        (``select_vertical_slash`` + ``build_pattern``) instead."""
         pp = state.plan
         cl = self.cfg.chunk_len if self.cfg is not None else None
         scores = estimate_scores(q, state.q_scale, k_cache, req_to_token, state.piece_table, pp.max_len,
                                  self.sm_scale, cl)
-        v_idx, s_idx = select_vs(scores, state.q_end, state.dense, self.budgets[layer_id], SINK_COLUMNS,
-                                 LOCAL_DIAGONALS)
+        budget = self.budgets[layer_id]
+        if self.torch_select:
+            v_idx, s_idx = select_vertical_slash(scores[0], scores[1], state.q_end, budget)
+            return self.build_pattern(state, v_idx, s_idx)
+        v_idx, s_idx = select_vs(scores, state.q_end, state.dense, budget, SINK_COLUMNS, LOCAL_DIAGONALS)
         del scores
-        cov, diag, dcnt, vcnt = pattern_bounds(s_idx, v_idx, state.piece_meta, pp.key_blocks, pp.max_blocks, cl)
+        cov, diag, dcnt, vcnt = pattern_bounds(s_idx, v_idx, state.pieces, pp.key_blocks, pp.max_blocks, cl)
         return SparsePattern(v_idx, s_idx, cov, diag, dcnt, vcnt)
-
-    def pattern_torch(
-        self,
-        state: SparseState,
-        layer_id: int,
-        q: torch.Tensor,
-        k_cache: torch.Tensor,
-        req_to_token: torch.Tensor,
-    ) -> SparsePattern:
-        """``pattern`` with the torch selection and block pattern (reference and benchmark baseline)."""
-        pp = state.plan
-        cl = self.cfg.chunk_len if self.cfg is not None else None
-        vert, slash = estimate_vs(q, state.q_scale, k_cache, req_to_token, state.piece_table, pp.max_len,
-                                  self.sm_scale, cl)
-        v_idx, s_idx = select_vertical_slash(vert, slash, state.q_end, self.budgets[layer_id])
-        del vert, slash
-        return self.build_pattern(state, v_idx, s_idx)
 
     def build_pattern(self, state: SparseState, v_idx: torch.Tensor, s_idx: torch.Tensor) -> SparsePattern:
         """Kernel pattern from selected columns ``v_idx`` and diagonals ``s_idx`` (``[P, H, *]``, PAD-padded);
@@ -217,8 +203,7 @@ class SparsePrefill:
         """One layer: ``q5`` ``[T, V * H * D]`` (SGLang's concatenated variants) -> ``[T, H, D]``."""
         t = q5.shape[0]
         q = q5.view(t, -1, self.num_qo_heads, self.head_dim)
-        pattern = self.pattern_torch if self.torch_select else self.pattern
-        pat = pattern(state, layer_id, q, kv_cache[0], req_to_token)
+        pat = self.pattern(state, layer_id, q, kv_cache[0], req_to_token)
         if self.stats and layer_id == 0:
             self.log_stats(state, pat)
         return self.attend(state, pat, q, kv_cache, req_to_token)[0]

@@ -25,7 +25,7 @@ Everything here runs on any device, does no host sync, and has no per-head Pytho
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
@@ -170,7 +170,10 @@ class LayerBudget:
     slash: torch.Tensor  # [H] int64
     max_vertical: int
     max_slash: int
-    stacked: Optional[torch.Tensor] = None  # [2, H] int32 (vertical, slash) for the selection kernel
+    stacked: torch.Tensor = field(init=False)  # [2, H] int32 (vertical, slash) for the selection kernel
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stacked", torch.stack([self.vertical, self.slash]).to(torch.int32).contiguous())
 
 
 def layer_budgets(budgets: SparseBudgets, device: torch.device) -> list[LayerBudget]:
@@ -188,7 +191,6 @@ def layer_budgets(budgets: SparseBudgets, device: torch.device) -> list[LayerBud
                 torch.tensor(s, dtype=torch.int64, device=device),
                 max(v),
                 max(s),
-                torch.tensor([v, s], dtype=torch.int32, device=device),
             )
         )
     return out

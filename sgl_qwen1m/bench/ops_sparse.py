@@ -160,7 +160,7 @@ def _stage_ms(sp, state, s, layer: int, iters: int) -> dict[str, float]:
         "estimate_passes": _ms(est, iters),
         "select_topk": _ms(sel, iters),
         "block_pattern_loop_bounds": _ms(
-            lambda: pattern_bounds(s_idx, v_idx, state.piece_meta, pp.key_blocks, pp.max_blocks, cl), iters),
+            lambda: pattern_bounds(s_idx, v_idx, state.pieces, pp.key_blocks, pp.max_blocks, cl), iters),
         "select_topk_torch": _ms(lambda: select_vertical_slash(*sel_in(), state.q_end, bud), iters) - clone,
         "block_pattern_loop_bounds_torch": _ms(lambda: sp.build_pattern(state, v_idx, s_idx), iters),
     }
