@@ -149,3 +149,22 @@ def test_pattern_bounds_equals_block_pattern_and_loop_bounds(chunk_len):
     assert torch.equal(diag, want_diag)
     assert torch.equal(dcnt, want_d)
     assert torch.equal(vcnt, want_v)
+
+
+def test_intra_columns_stop_where_the_leading_band_covers_them():
+    """Block diagonals 0..3 cover every column from 64 * (rb - 3) on, so the intra column range ends there (the
+    kernel would load those columns only to mask them); a column under a non-leading diagonal stays in the range."""
+    diag = torch.full((1, 1, 20), PAD, dtype=torch.int32)
+    diag[0, 0, :5] = torch.tensor([0, 1, 2, 3, 10], dtype=torch.int32)
+    cols = [5, 70, 400, 640, 1000, 1100]  # 400: key block 6 = rb 16 - diagonal 10 (covered, not leading)
+    v_idx = torch.full((1, 1, 8), PAD, dtype=torch.int32)
+    v_idx[0, 0, : len(cols)] = torch.tensor(cols, dtype=torch.int32)
+    first_block = torch.tensor([16])
+    dcnt, vcnt = loop_bounds(diag, v_idx, first_block, torch.tensor([0]), None, 4)
+    # row block 16: cut at 64 * 13 = 832 -> columns 5, 70, 400, 640; row block 19: cut at 64 * 16 = 1024 -> + 1000
+    assert vcnt[0, 0, :, 2].tolist() == [4, 4, 4, 5]
+    assert dcnt[0, 0, :, 0].tolist() == [5, 5, 5, 5]
+    # the cut never goes below the start of the row's DCA chunk (1024 here): earlier columns are the succ range's
+    _, vcnt = loop_bounds(diag, v_idx, first_block, torch.tensor([1024]), 1024, 4)
+    assert vcnt[0, 0, :, 1].tolist() == [5, 5, 5, 5]
+    assert vcnt[0, 0, :, 2].tolist() == [5, 5, 5, 5]

@@ -265,6 +265,7 @@ def _pattern_kernel(
     # block diagonal d is chosen iff some chosen diagonal o has o // BLK == d, or o // BLK == d - 1 with
     # o % BLK != 0, i.e. iff one lies in [BLK * d - BLK + 1, BLK * d + BLK)
     written = 0
+    band = NB  # leading run of chosen block diagonals 0 .. band - 1
     for d0 in range(0, NB, BD):
         d = d0 + tl.arange(0, BD)
         ok = d < NB
@@ -273,6 +274,7 @@ def _pattern_kernel(
         tl.store(crow + d, c.to(tl.int8), mask=ok)
         tl.store(drow + written + tl.cumsum(c.to(tl.int32), 0) - 1, d, mask=c)
         written = written + tl.sum(c.to(tl.int32), 0)
+        band = tl.minimum(band, tl.min(tl.where(ok & ~c, d, NB), 0))
     for d0 in range(0, NB, BD):
         d = d0 + tl.arange(0, BD)
         tl.store(drow + d, _PAD, mask=(d >= written) & (d < NB))
@@ -287,7 +289,8 @@ def _pattern_kernel(
         tl.store(DCNT + base + 2, _count_less(drow, written, rb + 1, log_d), mask=ok)
         tl.store(VCNT + base, _count_less(vrow, KV, tl.zeros([BR], tl.int32) + prev, log_v), mask=ok)
         tl.store(VCNT + base + 1, _count_less(vrow, KV, tl.zeros([BR], tl.int32) + c0, log_v), mask=ok)
-        tl.store(VCNT + base + 2, _count_less(vrow, KV, rb * BLK, log_v), mask=ok)
+        # intra columns stop where the leading band covers them (see vertical_slash.loop_bounds)
+        tl.store(VCNT + base + 2, _count_less(vrow, KV, tl.maximum((rb - band + 1) * BLK, c0), log_v), mask=ok)
 
 
 def _nlog(n: int) -> int:

@@ -2,7 +2,9 @@
 
 * ``estimate_scores``: two passes over the keys of each piece (one query head per program, 64 estimation rows):
   pass 1 the fp32 log-sum-exp of every row, pass 2 the softmax column sums (vertical) and diagonal sums (slash).
-  Workspace is ``[P, H, L]`` scores plus ``[P, H, S, 64]`` partials: no ``[H, 64, L]`` tensor.
+  Workspace is ``[P, H, L]`` scores plus ``[P, H, S, 64]`` partials: no ``[H, 64, L]`` tensor. With DCA each pass
+  walks the inter, succ and intra key regions in turn, each with its own query variant, so one query tile is live
+  (selecting the variant per tile cost 41-44% of the estimation time, ``logs/estimate_regions_h100.log``).
 * ``vs_attention``: one launch per layer for every piece, head and 64-row query block. It walks the head's block
   diagonals and then its extra columns, switching between the intra / succ / inter query rotations by key region,
   so all DCA stages of a query merge inside one online softmax (no LSE merge pass). Keys and values are read
@@ -58,10 +60,8 @@ def _load_kv(X, s_xn, kvoff, slots, cmask, D: tl.constexpr):
 
 
 @triton.jit
-def _est_setup(PIECE, Q, s_qt, s_qv, s_qh, QS, p, h, sm_log2,
-               BM: tl.constexpr, D: tl.constexpr, DCA: tl.constexpr):
-    """Piece metadata, the estimation rows' logit scale and their three query variants (intra and the two
-    continuous-position critical ones; all intra without DCA)."""
+def _est_setup(PIECE, QS, p, sm_log2, BM: tl.constexpr):
+    """Piece metadata and the estimation rows (the piece's last ``n`` queries) with their logit scale."""
     meta = PIECE + p * 8
     pool = tl.load(meta).to(tl.int64)
     qrow0 = tl.load(meta + 1)
@@ -75,31 +75,43 @@ def _est_setup(PIECE, Q, s_qt, s_qv, s_qh, QS, p, h, sm_log2,
     pos = qend - n + i
     trow = (qrow0 + qlen - n + i).to(tl.int64)
     scale = tl.load(QS + trow, mask=rmask, other=0.0) * sm_log2
-    q0 = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 0, h, D)
-    if DCA:
-        q1 = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 3, h, D)
-        q2 = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 4, h, D)
-    else:
-        q1 = q0
-        q2 = q0
-    return pool, c0, n, qend, rmask, pos, scale, q0, q1, q2
+    return pool, c0, n, qend, rmask, pos, trow, scale
 
 
 @triton.jit
-def _est_logits(q0, q1, q2, scale, K, s_kn, kvoff, R2T, pool, s_r2t, t, c0, cl, qend, pos, rmask,
-                BN: tl.constexpr, D: tl.constexpr, DCA: tl.constexpr):
+def _tile_range(lo, hi, sp, nsplit, BN: tl.constexpr):
+    """This split's first key tile of the column range ``[lo, hi)`` and the range's end tile: tiles
+    ``t = first, first + nsplit, ...`` below the end. ``lo`` is a tile boundary (``plan_pieces`` requires
+    ``chunk_len % BLOCK == 0``), so each tile lies in one DCA key region."""
+    t0 = lo // BN
+    return t0 + (sp - t0 % nsplit + nsplit) % nsplit, tl.cdiv(hi, BN)
+
+
+@triton.jit
+def _est_logits(q, scale, K, s_kn, kvoff, R2T, pool, s_r2t, t, qend, pos, rmask, BN: tl.constexpr, D: tl.constexpr):
     c = t * BN
     cols = c + tl.arange(0, BN)
     cmask = cols < qend
     slots = tl.load(R2T + pool * s_r2t + cols, mask=cmask, other=0).to(tl.int64)
     k = _load_kv(K, s_kn, kvoff, slots, cmask, D)
-    if DCA:
-        qq = tl.where(c >= c0, q0, tl.where(c >= c0 - cl, q1, q2))
-    else:
-        qq = q0
-    s = tl.dot(qq, tl.trans(k)) * scale[:, None]  # fp32 logits in log2 units
+    s = tl.dot(q, tl.trans(k)) * scale[:, None]  # fp32 logits in log2 units
     valid = rmask[:, None] & (cols[None, :] <= pos[:, None])
     return tl.where(valid, s, float("-inf")), valid, cols, cmask, c
+
+
+@triton.jit
+def _lse_region(q, scale, m, l, lo, hi, sp, nsplit, K, s_kn, kvoff, R2T, pool, s_r2t, qend, pos, rmask,
+                BN: tl.constexpr, D: tl.constexpr):
+    """Running (max, sum) of the estimation rows over the key tiles of ``[lo, hi)`` that belong to split ``sp``."""
+    first, end = _tile_range(lo, hi, sp, nsplit, BN)
+    for t in range(first, end, nsplit):
+        s, valid, cols, cmask, c = _est_logits(q, scale, K, s_kn, kvoff, R2T, pool, s_r2t, t, qend, pos, rmask,
+                                               BN, D)
+        m_new = tl.maximum(m, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        l = l * tl.exp2(m - m_safe) + tl.sum(tl.exp2(s - m_safe[:, None]), 1)
+        m = m_new
+    return m, l
 
 
 @_tuned((2, 3, 4))
@@ -108,25 +120,59 @@ def _est_lse_kernel(
     Q, s_qt, s_qv, s_qh, QS, K, s_kn, s_kh, R2T, s_r2t, PIECE, ML, sm_log2, cl, nsplit,
     G: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, DCA: tl.constexpr,
 ):
+    """Pass 1. Key regions run one after the other with their own query variant (intra: 0; with DCA, succ keys:
+    the succ critical variant 3, inter keys: the inter critical variant 4), so one query tile is live at a time."""
     h = tl.program_id(0)
     p = tl.program_id(1)
     sp = tl.program_id(2)
     H = tl.num_programs(0)
-    pool, c0, n, qend, rmask, pos, scale, q0, q1, q2 = _est_setup(PIECE, Q, s_qt, s_qv, s_qh, QS, p, h, sm_log2,
-                                                                  BM, D, DCA)
+    pool, c0, n, qend, rmask, pos, trow, scale = _est_setup(PIECE, QS, p, sm_log2, BM)
     kvoff = (h // G) * s_kh
     m = tl.full([BM], float("-inf"), tl.float32)
     l = tl.zeros([BM], tl.float32)
-    for t in range(sp, tl.cdiv(qend, BN), nsplit):
-        s, valid, cols, cmask, c = _est_logits(q0, q1, q2, scale, K, s_kn, kvoff, R2T, pool, s_r2t,
-                                               t, c0, cl, qend, pos, rmask, BN, D, DCA)
-        m_new = tl.maximum(m, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        l = l * tl.exp2(m - m_safe) + tl.sum(tl.exp2(s - m_safe[:, None]), 1)
-        m = m_new
+    if DCA:
+        s_lo = tl.maximum(c0 - cl, 0)
+        q = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 4, h, D)
+        m, l = _lse_region(q, scale, m, l, 0, s_lo, sp, nsplit, K, s_kn, kvoff, R2T, pool, s_r2t, qend, pos, rmask,
+                           BN, D)
+        q = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 3, h, D)
+        m, l = _lse_region(q, scale, m, l, s_lo, c0, sp, nsplit, K, s_kn, kvoff, R2T, pool, s_r2t, qend, pos,
+                           rmask, BN, D)
+        i_lo = c0
+    else:
+        i_lo = 0
+    q = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 0, h, D)
+    m, l = _lse_region(q, scale, m, l, i_lo, qend, sp, nsplit, K, s_kn, kvoff, R2T, pool, s_r2t, qend, pos, rmask,
+                       BN, D)
     out = ML + ((p * H + h) * nsplit + sp) * (2 * BM) + tl.arange(0, BM)
     tl.store(out, m)
     tl.store(out + BM, l)
+
+
+@triton.jit
+def _scores_region(q, scale, lse, lo, hi, sp, nsplit, K, s_kn, kvoff, R2T, pool, s_r2t, qend, n, pos, rmask,
+                   vbase, sbase, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr):
+    """Vertical (column) and slash (diagonal) softmax sums of the key tiles of ``[lo, hi)`` in split ``sp``."""
+    i = tl.arange(0, BM)
+    e = tl.arange(0, BN)
+    # out[i, e] = prob[i, i - e + BN - 1]: row-shifted so that each output column is one diagonal
+    j_lo = i[:, None] - e[None, :] + BN - 1
+    j_hi = j_lo - BN
+    ok_lo = (j_lo >= 0) & (j_lo < BN)
+    ok_hi = (j_hi >= 0) & (j_hi < BN)
+    first, end = _tile_range(lo, hi, sp, nsplit, BN)
+    for t in range(first, end, nsplit):
+        s, valid, cols, cmask, c = _est_logits(q, scale, K, s_kn, kvoff, R2T, pool, s_r2t, t, qend, pos, rmask,
+                                               BN, D)
+        pr = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
+        tl.store(vbase + cols, tl.sum(pr, 0), mask=cmask)
+        dlo = tl.sum(tl.where(ok_lo, tl.gather(pr, tl.where(ok_lo, j_lo, 0), axis=1), 0.0), 0)
+        dhi = tl.sum(tl.where(ok_hi, tl.gather(pr, tl.where(ok_hi, j_hi, 0), axis=1), 0.0), 0)
+        # diagonal o = pos_i - col = (qend - n - c) + (i - j), and i - j = e - (BN - 1) (+ BN for the high half)
+        o_lo = (qend - n - c) + e - (BN - 1)
+        o_hi = o_lo + BN
+        tl.atomic_add(sbase + o_lo, dlo, mask=(o_lo >= 0) & (o_lo < qend), sem="relaxed")
+        tl.atomic_add(sbase + o_hi, dhi, mask=(o_hi >= 0) & (o_hi < qend) & (e < BM - 1), sem="relaxed")
 
 
 @_tuned((2, 3, 4), reset=["SLASH"])
@@ -136,35 +182,30 @@ def _est_scores_kernel(
     sm_log2, cl, nsplit,
     G: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, DCA: tl.constexpr,
 ):
+    """Pass 2, region by region as pass 1."""
     h = tl.program_id(0)
     p = tl.program_id(1)
     sp = tl.program_id(2)
     H = tl.num_programs(0)
-    pool, c0, n, qend, rmask, pos, scale, q0, q1, q2 = _est_setup(PIECE, Q, s_qt, s_qv, s_qh, QS, p, h, sm_log2,
-                                                                  BM, D, DCA)
+    pool, c0, n, qend, rmask, pos, trow, scale = _est_setup(PIECE, QS, p, sm_log2, BM)
     kvoff = (h // G) * s_kh
-    i = tl.arange(0, BM)
-    lse = tl.load(LSE2 + (p * H + h) * BM + i, mask=rmask, other=0.0)
-    e = tl.arange(0, BN)
-    # out[i, e] = prob[i, i - e + BN - 1]: row-shifted so that each output column is one diagonal
-    j_lo = i[:, None] - e[None, :] + BN - 1
-    j_hi = j_lo - BN
-    ok_lo = (j_lo >= 0) & (j_lo < BN)
-    ok_hi = (j_hi >= 0) & (j_hi < BN)
+    lse = tl.load(LSE2 + (p * H + h) * BM + tl.arange(0, BM), mask=rmask, other=0.0)
     vbase = VERT + p * s_sc_p + h * s_sc_h
     sbase = SLASH + p * s_sc_p + h * s_sc_h
-    for t in range(sp, tl.cdiv(qend, BN), nsplit):
-        s, valid, cols, cmask, c = _est_logits(q0, q1, q2, scale, K, s_kn, kvoff, R2T, pool, s_r2t,
-                                               t, c0, cl, qend, pos, rmask, BN, D, DCA)
-        pr = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
-        tl.store(vbase + cols, tl.sum(pr, 0), mask=cmask)
-        lo = tl.sum(tl.where(ok_lo, tl.gather(pr, tl.where(ok_lo, j_lo, 0), axis=1), 0.0), 0)
-        hi = tl.sum(tl.where(ok_hi, tl.gather(pr, tl.where(ok_hi, j_hi, 0), axis=1), 0.0), 0)
-        # diagonal o = pos_i - col = (qend - n - c) + (i - j), and i - j = e - (BN - 1) (+ BN for the high half)
-        o_lo = (qend - n - c) + e - (BN - 1)
-        o_hi = o_lo + BN
-        tl.atomic_add(sbase + o_lo, lo, mask=(o_lo >= 0) & (o_lo < qend), sem="relaxed")
-        tl.atomic_add(sbase + o_hi, hi, mask=(o_hi >= 0) & (o_hi < qend) & (e < BM - 1), sem="relaxed")
+    if DCA:
+        s_lo = tl.maximum(c0 - cl, 0)
+        q = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 4, h, D)
+        _scores_region(q, scale, lse, 0, s_lo, sp, nsplit, K, s_kn, kvoff, R2T, pool, s_r2t, qend, n, pos, rmask,
+                       vbase, sbase, BM, BN, D)
+        q = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 3, h, D)
+        _scores_region(q, scale, lse, s_lo, c0, sp, nsplit, K, s_kn, kvoff, R2T, pool, s_r2t, qend, n, pos, rmask,
+                       vbase, sbase, BM, BN, D)
+        i_lo = c0
+    else:
+        i_lo = 0
+    q = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, 0, h, D)
+    _scores_region(q, scale, lse, i_lo, qend, sp, nsplit, K, s_kn, kvoff, R2T, pool, s_r2t, qend, n, pos, rmask,
+                   vbase, sbase, BM, BN, D)
 
 
 def splits_per_row(programs: int, tiles: int, device: torch.device) -> int:
@@ -232,10 +273,13 @@ def estimate_scores(
 
 
 @triton.jit
-def _online(m, l, acc, s, v):
+def _online(m, l, acc, s, scale, v):
+    """One key tile of the online softmax. ``s``: raw logits (``-inf`` where masked); ``scale``: ``[BM]`` log2-unit
+    logit scale."""
+    s = s * scale[:, None]
     m_new = tl.maximum(m, tl.max(s, 1))
-    alpha = tl.exp2(m - m_new)
     pr = tl.exp2(s - m_new[:, None])
+    alpha = tl.exp2(m - m_new)
     l = l * alpha + tl.sum(pr, 1)
     acc = acc * alpha[:, None] + tl.dot(pr.to(v.dtype), v)
     return m_new, l, acc
@@ -244,16 +288,19 @@ def _online(m, l, acc, s, v):
 @triton.jit
 def _diag_loop(q, scale, m, l, acc, lo, hi, dg, rb, rows, qend, R2T, pool, s_r2t, K, s_kn, kvoff, V, s_vn, vvoff,
                BN: tl.constexpr, D: tl.constexpr):
+    """Block diagonals ``dg[lo:hi]`` of row block ``rb``: one ``BN``-key tile each (causally masked).
+
+    Measured and dropped (benchmarks/results/logs/attn_variants_h100.log): running the tiles left of the row block
+    without the mask, and walking the leading band as 128-key tiles, were slower or within noise end to end."""
     for t in range(lo, hi):
         dd = tl.load(dg + t)
         cols = (rb - dd) * BN + tl.arange(0, BN)
         cmask = cols < qend
         slots = tl.load(R2T + pool * s_r2t + cols, mask=cmask, other=0).to(tl.int64)
         k = _load_kv(K, s_kn, kvoff, slots, cmask, D)
-        s = tl.dot(q, tl.trans(k)) * scale[:, None]
-        s = tl.where(cols[None, :] <= rows[:, None], s, float("-inf"))
+        s = tl.where(cols[None, :] <= rows[:, None], tl.dot(q, tl.trans(k)), float("-inf"))
         v = _load_kv(V, s_vn, vvoff, slots, cmask, D)
-        m, l, acc = _online(m, l, acc, s, v)
+        m, l, acc = _online(m, l, acc, s, scale, v)
     return m, l, acc
 
 
@@ -268,10 +315,9 @@ def _col_loop(q, scale, m, l, acc, lo, hi, vc, cv, rb, R2T, pool, s_r2t, K, s_kn
         ok = im & (covered == 0)
         slots = tl.load(R2T + pool * s_r2t + cols, mask=ok, other=0).to(tl.int64)
         k = _load_kv(K, s_kn, kvoff, slots, ok, D)
-        s = tl.dot(q, tl.trans(k)) * scale[:, None]
-        s = tl.where(ok[None, :], s, float("-inf"))
+        s = tl.where(ok[None, :], tl.dot(q, tl.trans(k)), float("-inf"))
         v = _load_kv(V, s_vn, vvoff, slots, ok, D)
-        m, l, acc = _online(m, l, acc, s, v)
+        m, l, acc = _online(m, l, acc, s, scale, v)
     return m, l, acc
 
 
@@ -298,7 +344,7 @@ def _vs_attn_kernel(
     rows = rb * BM + tl.arange(0, BM)
     rmask = (rows >= qpos0) & (rows < qend)
     trow = tl.where(rmask, qrow0 + rows - qpos0, 0).to(tl.int64)
-    scale = tl.load(QS + trow, mask=rmask, other=0.0) * sm_log2
+    scale = tl.load(QS + trow, mask=rmask, other=1.0) * sm_log2
     cnt = ((p * H + h) * MB + j) * 3
     kvoff = (h // G) * s_kh
     vvoff = (h // G) * s_vh

@@ -287,7 +287,9 @@ def loop_bounds(
 
     With row block ``rb`` in DCA chunk ``[c0, c0 + C)``: key blocks of the own chunk are ``d <= rb - c0/64``,
     the previous chunk ``d <= rb - (c0 - C)/64``, earlier chunks ``d <= rb``. Columns split likewise at
-    ``c0 - C``, ``c0`` and ``64 * rb`` (columns of the row's own block are covered by ``d = 0``).
+    ``c0 - C`` and ``c0``; the intra columns end where the leading band of block diagonals begins: with block
+    diagonals ``0 .. band - 1`` all chosen, every column from ``64 * (rb - band + 1)`` on is covered by them (the
+    kernel would load and mask it), so the intra column range stops there (never below ``c0``).
 
     Parameters
     ----------
@@ -300,12 +302,13 @@ def loop_bounds(
     dcnt : ``[P, H, MB, 3]`` int32 ends of the intra / succ / inter block-diagonal ranges in ``diag``.
     vcnt : ``[P, H, MB, 3]`` int32 ends of the inter / succ / intra column ranges in ``v_idx``.
     """
-    p, h, _ = diag.shape
+    p, h, nb = diag.shape
     rb = first_block.view(p, 1) + torch.arange(max_blocks, device=diag.device).view(1, -1)  # [P, MB]
     prev = (c0 - chunk_len).clamp(min=0) if chunk_len is not None else torch.zeros_like(c0)
+    band = (diag == torch.arange(nb, device=diag.device, dtype=diag.dtype)).sum(-1)  # [P, H] leading 0, 1, ...
 
     def count(seq: torch.Tensor, vals: torch.Tensor, right: bool) -> torch.Tensor:
-        vals = vals.view(p, 1, -1).expand(p, h, vals.shape[-1]).to(seq.dtype).contiguous()
+        vals = vals.view(p, -1, vals.shape[-1]).expand(p, h, vals.shape[-1]).to(seq.dtype).contiguous()
         return torch.searchsorted(seq.contiguous(), vals, right=right).to(torch.int32)
 
     dcnt = torch.stack(
@@ -317,11 +320,12 @@ def loop_bounds(
         dim=-1,
     )
     mb = rb.shape[1]
+    band_start = torch.maximum((rb.view(p, 1, mb) - band.view(p, h, 1) + 1) * BLOCK, c0.view(p, 1, 1))
     vcnt = torch.stack(
         [
             count(v_idx, prev.view(p, 1).expand(p, mb), False),
             count(v_idx, c0.view(p, 1).expand(p, mb), False),
-            count(v_idx, rb * BLOCK, False),
+            count(v_idx, band_start, False),
         ],
         dim=-1,
     )

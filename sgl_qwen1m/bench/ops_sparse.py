@@ -40,6 +40,10 @@ def add_parser(sub: Any, parse_lengths: Any) -> None:
     p.add_argument("--stage-breakdown", action="store_true",
                    help="also time the pattern step's stages (estimate passes, top-k selection, block pattern + "
                         "loop bounds) per layer: rows pattern_stage_ms")
+    p.add_argument("--dca", action="store_true",
+                   help="run the sparse designs of this package in DCA mode with the model's "
+                        "dual_chunk_attention_config (config.json beside --budgets), as the server does: five query "
+                        "variants, three DCA stages; dense FlashInfer stays plain causal")
     p.add_argument("--out", default="benchmarks/results/sparse_ops.json")
 
 
@@ -62,7 +66,7 @@ def _ms(fn, iters: int) -> float:
 class _Setup:
     """One context of ``n`` keys and a chunk of ``c`` queries at its end, with all three designs planned."""
 
-    def __init__(self, n: int, c: int, ws) -> None:
+    def __init__(self, n: int, c: int, ws, cfg=None) -> None:
         import flashinfer
         import torch
 
@@ -73,15 +77,21 @@ class _Setup:
         g = torch.Generator(device=dev).manual_seed(n)
         self.k = torch.randn(n, self.hkv, self.d, device=dev, dtype=torch.bfloat16, generator=g)
         self.v = torch.randn(n, self.hkv, self.d, device=dev, dtype=torch.bfloat16, generator=g)
-        self.q = torch.randn(c, 1, self.h, self.d, device=dev, dtype=torch.bfloat16, generator=g)
+        self.cfg = cfg
+        nv = 1 if cfg is None else 5  # DCA: intra, succ, inter and the two critical variants
+        self.q = torch.randn(c, nv, self.h, self.d, device=dev, dtype=torch.bfloat16, generator=g)
         self.r2t = torch.arange(n, device=dev, dtype=torch.int32).view(1, n)
         self.rpi = torch.zeros(1, dtype=torch.int64, device=dev)
         self.spans = [RequestSpan(n - c, c)]
-        self.plan = plan_extend(self.spans, None)
+        self.plan = plan_extend(self.spans, cfg)
         self.dense = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, "NHD", backend="auto")
         self.dense.plan(torch.tensor([0, c], dtype=torch.int32), torch.tensor([0, n], dtype=torch.int32),
                         self.r2t.view(-1), torch.ones(1, dtype=torch.int32), self.h, self.hkv, self.d, 1,
                         causal=True, sm_scale=self.d**-0.5, q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)
+
+    def q5(self):
+        """``[c, 5, H, D]`` query variants as the server passes them (one shared variant without DCA)."""
+        return self.q if self.cfg is not None else self.q.expand(self.c, 5, self.h, self.d)
 
     def run_dense(self):
         return self.dense.run(self.q[:, 0], (self.k, self.v), return_lse=True)
@@ -89,7 +99,7 @@ class _Setup:
     def prefill(self, budgets):
         from sgl_qwen1m.attention.sparse import SparsePrefill
 
-        sp = SparsePrefill(self.h, self.hkv, self.d, self.d**-0.5, None, budgets, self.k.device, threshold=0)
+        sp = SparsePrefill(self.h, self.hkv, self.d, self.d**-0.5, self.cfg, budgets, self.k.device, threshold=0)
         return sp, sp.plan(self.plan, self.spans, self.rpi, None)
 
     def synthetic_pattern(self, sp, state, layer: int, seed: int):
@@ -143,7 +153,7 @@ def _stage_ms(sp, state, s, layer: int, iters: int) -> dict[str, float]:
     from sgl_qwen1m.attention.vertical_slash import select_vertical_slash
     from sgl_qwen1m.config import LOCAL_DIAGONALS, SINK_COLUMNS
 
-    q5 = s.q.expand(s.c, 5, s.h, s.d)
+    q5 = s.q5()
     pp = state.plan
     cl = sp.cfg.chunk_len if sp.cfg is not None else None  # as SparsePrefill.pattern
     bud = sp.budgets[layer]
@@ -164,6 +174,22 @@ def _stage_ms(sp, state, s, layer: int, iters: int) -> dict[str, float]:
         "select_topk_torch": _ms(lambda: select_vertical_slash(*sel_in(), state.q_end, bud), iters) - clone,
         "block_pattern_loop_bounds_torch": _ms(lambda: sp.build_pattern(state, v_idx, s_idx), iters),
     }
+
+
+def _dca_config(budgets_path: str):
+    """The model's DCA settings from ``config.json`` beside its sparse budgets."""
+    import json
+    from pathlib import Path
+
+    from sgl_qwen1m.config import DCAConfig
+
+    path = Path(budgets_path).parent / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"--dca needs the model's config.json beside --budgets, not found: {path}")
+    cfg = DCAConfig.from_hf_config(json.loads(path.read_text()))
+    if cfg is None:
+        raise ValueError(f"--dca: {path} has no dual_chunk_attention_config")
+    return cfg
 
 
 def _rel(a, b) -> float:
@@ -199,11 +225,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     log = lambda m: print(m, flush=True)  # noqa: E731
     ws = torch.zeros(512 * 1024 * 1024, dtype=torch.uint8, device="cuda")
     budgets = SparseBudgets.from_json(args.budgets)
+    cfg = _dca_config(args.budgets) if args.dca else None
+    if cfg is not None:
+        log(f"ops-sparse: DCA mode, chunk_size {cfg.chunk_size}, local_size {cfg.local_size}")
     layers = list(range(budgets.num_layers)) if args.layers == "all" else [int(x) for x in args.layers.split(",")]
     results = Results.open(args.out, command=command_line(argv), gpu=gpu_name(), versions=collect_versions())
     _check(ws, log)
     for n in args.lengths:
-        s = _Setup(n, min(args.chunk, n), ws)
+        s = _Setup(n, min(args.chunk, n), ws, cfg)
         sp, state = s.prefill(budgets)
         tot = {"flashinfer": 0.0, "qwen1m-sparse": 0.0, "sgl_kernel-fwd_sparse": 0.0, "estimate": 0.0,
                "convert": 0.0}
@@ -223,14 +252,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             tot["sgl_kernel-fwd_sparse"] += _ms(lambda: s.run_fwd_sparse(idx), args.iters)
             bc, _, cc, _ = idx
             flops["sgl_kernel-fwd_sparse"] += 4 * s.d * BLOCK * float(bc.long().sum() * BLOCK + cc.long().sum())
-            q5 = s.q.expand(s.c, 5, s.h, s.d)
+            q5 = s.q5()
             tot["estimate"] += _ms(lambda: sp.pattern(state, li, q5, s.k, s.r2t), args.iters)
             if args.stage_breakdown:
                 for k, v in _stage_ms(sp, state, s, li, args.iters).items():
                     stages[k] = stages.get(k, 0.0) + v
         nl = len(layers)
         log(f"ops-sparse n={n} chunk={s.c} ({nl} layers): " + ", ".join(f"{k} {v / nl:.3f} ms" for k, v in tot.items()))
-        extra = {"chunk_queries": s.c, "layers": nl, "what": "mean per layer over the 7B budgets; one chunk at the "
+        extra = {"chunk_queries": s.c, "layers": nl, "dca": cfg is not None, "what": "mean per layer over the 7B budgets; one chunk at the "
                  "end of the context", "pattern": "slash = local band of slash_size diagonals, vertical = random"}
         for name in ("flashinfer", "qwen1m-sparse", "sgl_kernel-fwd_sparse"):
             results.upsert("attn_ms", name, n, tot[name] / nl, **extra)
@@ -250,14 +279,15 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         chunks = -(-n // args.chunk)
         for i in range(chunks):
             end = min(n, (i + 1) * args.chunk)
-            s = _Setup(end, end - i * args.chunk, ws)
+            s = _Setup(end, end - i * args.chunk, ws, cfg)
             sp, state = s.prefill(budgets)
             li = layers[i % len(layers)]
-            total += _ms(lambda: sp.pattern(state, li, s.q, s.k, s.r2t), 3)
+            total += _ms(lambda: sp.pattern(state, li, s.q5(), s.k, s.r2t), 3)
             del s, sp, state
         est_s = total * budgets.num_layers / 1e3
         log(f"ops-sparse prefill {n}: pattern step of {chunks} chunks x {budgets.num_layers} layers = {est_s:.2f} s")
         results.upsert("estimate_prefill_s", "qwen1m-sparse", n, est_s, chunk_queries=args.chunk, chunks=chunks,
+                       dca=cfg is not None,
                        what="sum over the chunks of one chunked prefill of the pattern step (estimate, select, "
                             "block pattern, loop bounds), one layer per chunk (budgets cycling), times the layer count")
         torch.cuda.empty_cache()
