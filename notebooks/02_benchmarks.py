@@ -139,14 +139,17 @@ for label, _, sp in series:
     print(f"{label:24s} " + "  ".join(f"{n // 1024}K x{sp[n]:.2f}" for n in lengths if n in sp))
 
 # %% [markdown]
-# At 1M tokens (one H200) and against the in-tree backend at both chunk sizes, local weights, read from the files:
+# At 1M tokens (one H200) and against the in-tree backend, local weights, read from the files. At chunk 8,192 (SGLang's
+# H100 default) both backends ran in one invocation, twice (second time in the other order); the chunk-16,384 pair
+# is an older tree (a887831), from separate invocations on one lease.
 
 # %%
 m1, m1_d = rows("sparse_e2e_1m_h200_measured", "ttft_s")
 t1m = {r["backend"]: r["value"] for r in m1 if r["prompt_tokens"] == 1_000_000}
 print(f"{m1_d['gpu'].split(',')[0]}, 1,000,000 tokens: flashinfer {t1m['flashinfer']:.1f} s, "
       f"qwen1m-sparse-local {t1m['qwen1m-sparse-local']:.1f} s -> x{t1m['flashinfer'] / t1m['qwen1m-sparse-local']:.2f}")
-for name, chunk in (("sparse_e2e_intree_local_8192_h100", 8192), ("sparse_e2e_ab_h100", 16384)):
+for name, chunk in (("sparse_e2e_intree_local_8192_h100", 8192), ("sparse_e2e_intree_local_8192_repeat_h100", 8192),
+                    ("sparse_e2e_ab_h100", 16384)):
     got, _ = rows(name, "ttft_s")
     t = {(r["backend"], r["prompt_tokens"]): r["value"] for r in got}
     for n in (131072, 262144):
