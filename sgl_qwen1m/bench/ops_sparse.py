@@ -178,15 +178,16 @@ def _stage_ms(sp, state, s, layer: int, iters: int) -> dict[str, float]:
 
 def _dca_config(budgets_path: str):
     """The model's DCA settings from ``config.json`` beside its sparse budgets."""
-    import json
     from pathlib import Path
 
     from sgl_qwen1m.config import DCAConfig
+    from sgl_qwen1m.model.spec import read_config
 
-    path = Path(budgets_path).parent / "config.json"
+    model_dir = Path(budgets_path).parent
+    path = model_dir / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"--dca needs the model's config.json beside --budgets, not found: {path}")
-    cfg = DCAConfig.from_hf_config(json.loads(path.read_text()))
+    cfg = DCAConfig.from_hf_config(read_config(model_dir))
     if cfg is None:
         raise ValueError(f"--dca: {path} has no dual_chunk_attention_config")
     return cfg
@@ -259,8 +260,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                     stages[k] = stages.get(k, 0.0) + v
         nl = len(layers)
         log(f"ops-sparse n={n} chunk={s.c} ({nl} layers): " + ", ".join(f"{k} {v / nl:.3f} ms" for k, v in tot.items()))
-        extra = {"chunk_queries": s.c, "layers": nl, "dca": cfg is not None, "what": "mean per layer over the 7B budgets; one chunk at the "
-                 "end of the context", "pattern": "slash = local band of slash_size diagonals, vertical = random"}
+        extra = {"chunk_queries": s.c, "layers": nl, "dca": cfg is not None,
+                 "what": "mean per layer over the 7B budgets; one chunk at the end of the context",
+                 "pattern": "slash = local band of slash_size diagonals, vertical = random"}
         for name in ("flashinfer", "qwen1m-sparse", "sgl_kernel-fwd_sparse"):
             results.upsert("attn_ms", name, n, tot[name] / nl, **extra)
             results.upsert("tflops", name, n, flops[name] / (tot[name] * 1e-3) / 1e12, **extra)
