@@ -4,7 +4,7 @@ in it (RULER-style single needle: "the special magic number for <key> is <value>
     python examples/needle_qa.py --multiple 4
 
 The bundled tiny model was trained on copy and passkey only and does not solve this task (its NIAH accuracy is 0%,
-benchmarks/results/demo_tiny_h100.json); the example shows the program shape and runs end to end. Point ``--model``
+benchmarks/results/tiny-model-accuracy/demo_tiny_h100.json); the example shows the program shape and runs end to end. Point ``--model``
 at Qwen2.5-7B-Instruct-1M for real answers.
 """
 

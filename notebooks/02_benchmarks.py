@@ -11,7 +11,7 @@
 # %% [markdown]
 # # Benchmarks: what we measured, and what the planner predicts
 #
-# Every number here is read from the committed result files `benchmarks/results/*.json` (each records its
+# Every number here is read from the committed result files `benchmarks/results/<experiment>/*.json` (each records its
 # command, GPU and versions); nothing is re-measured on CPU. The floors are FLOP arithmetic
 # (`sgl_qwen1m.bench.floor`). The last section is the memory planner (`sgl_qwen1m.api.plan_memory_for`), checked
 # against the measured peaks. With `GPU = True` the final cell times one prefill through the API.
@@ -48,13 +48,14 @@ def save(fig, name):
 
 
 def rows(name, metric):
+    """Rows of ``metric`` with a value in ``benchmarks/results/<name>.json`` (name: "<experiment>/<file stem>")."""
     data = Results.load(RES / f"{name}.json")
     return [r for r in data["rows"] if r["metric"] == metric and r.get("value") is not None], data
 
 
-e2e_ttft, e2e = rows("e2e_7b_h100", "ttft_s")
-s600_ttft, s600 = rows("serve_smoke_600k_h100", "ttft_s")
-s1m_ttft, s1m = rows("serve_smoke_1m_h200", "ttft_s")
+e2e_ttft, e2e = rows("e2e-dense-7b-h100/e2e_7b_h100", "ttft_s")
+s600_ttft, s600 = rows("serve-smoke/serve_smoke_600k_h100", "ttft_s")
+s1m_ttft, s1m = rows("serve-smoke/serve_smoke_1m_h200", "ttft_s")
 for d in (e2e, s600, s1m):
     print(f"{d['gpu']:45s} {d['date']}  {d['command'][:90]}...")
 print("GPU mode:", GPU)
@@ -108,17 +109,19 @@ def speedups(name, backend, baseline=None):
             if r["backend"] == backend and r["prompt_tokens"] in base}
 
 
-uniform = speedups("sparse_e2e_h100", "qwen1m-sparse")  # 512K: flashinfer and qwen1m-sparse in separate calls
-uniform.update(speedups("sparse_e2e_uniform_h100", "qwen1m-sparse"))  # 128K/256K: one run with the in-tree backend
+# 512K: flashinfer and qwen1m-sparse in separate calls; 128K/256K: one run with the in-tree backend
+uniform = speedups("sparse-e2e-h100/sparse_e2e_h100", "qwen1m-sparse")
+uniform.update(speedups("sparse-vs-intree-h100/sparse_e2e_uniform_h100", "qwen1m-sparse"))
 series = [
     ("qwen1m-sparse, uniform", "C3", uniform),
-    ("qwen1m-sparse, local", "C1", speedups("sparse_e2e_local_h100", "qwen1m-sparse-local")),
-    ("in-tree, uniform", "C7", speedups("sparse_e2e_uniform_h100", "dual_chunk_flash_attn")),
+    ("qwen1m-sparse, local", "C1", speedups("sparse-e2e-h100/sparse_e2e_local_h100", "qwen1m-sparse-local")),
+    ("in-tree, uniform", "C7", speedups("sparse-vs-intree-h100/sparse_e2e_uniform_h100", "dual_chunk_flash_attn")),
     # the in-tree local run has no flashinfer of its own: the local run's flashinfer (same GPU model, weights-blind)
-    ("in-tree, local", "0.55", speedups("sparse_e2e_intree_h100", "dual_chunk_flash_attn-local", "sparse_e2e_local_h100")),
+    ("in-tree, local", "0.55", speedups("sparse-vs-intree-h100/sparse_e2e_intree_h100", "dual_chunk_flash_attn-local",
+                                        "sparse-e2e-h100/sparse_e2e_local_h100")),
 ]
 lengths = sorted({n for _, _, sp in series for n in sp})
-_, sp_local_d = rows("sparse_e2e_local_h100", "ttft_s")
+_, sp_local_d = rows("sparse-e2e-h100/sparse_e2e_local_h100", "ttft_s")
 fig, ax = plt.subplots(figsize=(6, 3.6))
 width = 0.2
 for i, (label, color, sp) in enumerate(series):
@@ -144,13 +147,13 @@ for label, _, sp in series:
 # is an older tree (a887831), from separate invocations on one lease.
 
 # %%
-m1, m1_d = rows("sparse_e2e_1m_h200_measured", "ttft_s")
+m1, m1_d = rows("sparse-e2e-1m-h200/sparse_e2e_1m_h200_measured", "ttft_s")
 t1m = {r["backend"]: r["value"] for r in m1 if r["prompt_tokens"] == 1_000_000}
 print(f"{m1_d['gpu'].split(',')[0]}, 1,000,000 tokens: flashinfer {t1m['flashinfer']:.1f} s, "
       f"qwen1m-sparse-local {t1m['qwen1m-sparse-local']:.1f} s -> x{t1m['flashinfer'] / t1m['qwen1m-sparse-local']:.2f}")
 for name, chunk in (("sparse_e2e_intree_local_8192_h100", 8192), ("sparse_e2e_intree_local_8192_repeat_h100", 8192),
                     ("sparse_e2e_ab_h100", 16384)):
-    got, _ = rows(name, "ttft_s")
+    got, _ = rows(f"sparse-vs-intree-h100/{name}", "ttft_s")
     t = {(r["backend"], r["prompt_tokens"]): r["value"] for r in got}
     for n in (131072, 262144):
         ours, theirs = t[("qwen1m-sparse-local", n)], t[("dual_chunk_flash_attn-local", n)]
@@ -163,10 +166,10 @@ for name, chunk in (("sparse_e2e_intree_local_8192_h100", 8192), ("sparse_e2e_in
 # attention alone (28 layers in a CUDA graph, `decode_ops_h100.json`).
 
 # %%
-dec_e2e, _ = rows("e2e_7b_h100", "decode_step_ms")
-dec_600, _ = rows("serve_smoke_600k_h100", "decode_step_ms")
-dec_1m, _ = rows("serve_smoke_1m_h200", "decode_step_ms")
-ops, _ = rows("decode_ops_h100", "decode_attn_ms")
+dec_e2e, _ = rows("e2e-dense-7b-h100/e2e_7b_h100", "decode_step_ms")
+dec_600, _ = rows("serve-smoke/serve_smoke_600k_h100", "decode_step_ms")
+dec_1m, _ = rows("serve-smoke/serve_smoke_1m_h200", "decode_step_ms")
+ops, _ = rows("decode-ops-h100/decode_ops_h100", "decode_attn_ms")
 labels, values, colors = [], [], []
 for r in dec_e2e:
     labels.append(f"{r['backend']}\n{r['prompt_tokens'] // 1024}K H100")
@@ -199,8 +202,8 @@ plt.show()
 
 # %%
 checks = [
-    ("serve_smoke_600k_h100", "h100"),
-    ("serve_smoke_1m_h200", "h200"),
+    ("serve-smoke/serve_smoke_600k_h100", "h100"),
+    ("serve-smoke/serve_smoke_1m_h200", "h200"),
 ]
 for name, gpu in checks:
     peak_rows, data = rows(name, "peak_mem_gib")

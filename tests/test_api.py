@@ -22,7 +22,9 @@ def _measured(name: str, metric: str) -> tuple[float, dict]:
     return row["value"], data
 
 
-@pytest.mark.parametrize("name,gpu", [("serve_smoke_600k_h100", "h100"), ("serve_smoke_1m_h200", "h200")])
+@pytest.mark.parametrize(
+    "name,gpu", [("serve-smoke/serve_smoke_600k_h100", "h100"), ("serve-smoke/serve_smoke_1m_h200", "h200")]
+)
 def test_planner_reproduces_the_measured_serve_runs(name: str, gpu: str) -> None:
     peak, data = _measured(name, "peak_mem_gib")
     cfg = data["serve_config"]
@@ -34,7 +36,7 @@ def test_planner_reproduces_the_measured_serve_runs(name: str, gpu: str) -> None
 
 
 def test_e2e_peak_is_reproduced_too() -> None:
-    data = Results.load(RES / "e2e_7b_h100.json")
+    data = Results.load(RES / "e2e-dense-7b-h100" / "e2e_7b_h100.json")
     peak = max(r["value"] for r in data["rows"] if r["metric"] == "peak_mem_gib" and r["backend"] == "qwen1m-dense")
     cfg = data["config"]
     a = plan_memory_for(
@@ -134,7 +136,7 @@ def test_engine_kwargs_and_launch(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_prefill_estimate_matches_measured_ttft() -> None:
-    for name in ("serve_smoke_600k_h100", "serve_smoke_1m_h200"):
+    for name in ("serve-smoke/serve_smoke_600k_h100", "serve-smoke/serve_smoke_1m_h200"):
         ttft, data = _measured(name, "ttft_s")
         assert prefill_eta_s(data["serve_config"]["prompt_tokens"]) == pytest.approx(ttft, rel=0.1)
 

@@ -6,7 +6,8 @@
 #                       SGLang's tvm-ffi JIT .so files (~/.cache/tvm-ffi, or $TVM_FFI_CACHE_DIR), paths relative to
 #                       ~/.cache. Copy it to .gpu-bundle/flashinfer-jit.tgz: the next call's prologue restores it.
 #                       It holds everything restored earlier plus what this call compiled.
-#   results/            benchmarks/results/*.json and *.png of this checkout (copy back into benchmarks/results/)
+#   results/            benchmarks/results/<experiment>/*.json and *.png of this checkout, folders kept (copy
+#                       results/* back over benchmarks/results/)
 #   logs/               the benchmark's server logs (/tmp/sgl_qwen1m_bench/*.log, last 2 MB of each)
 # The whole carry to the host is limited to 64 MiB with the ~55 MiB bundle, so the tarball must stay small: it
 # warns above 8 MiB.
@@ -45,11 +46,12 @@ else
 fi
 rm -f "$list"
 
-if compgen -G "benchmarks/results/*.json" > /dev/null; then
+# results/<experiment>/<file>: at most 2 folders below $OUT (files deeper than that do not come back)
+results="$(cd benchmarks/results 2>/dev/null && find . -maxdepth 2 -type f \( -name '*.json' -o -name '*.png' \) | sort)"
+if [ -n "$results" ]; then
     mkdir -p "$out/results"
-    cp -p benchmarks/results/*.json "$out/results/"
-    compgen -G "benchmarks/results/*.png" > /dev/null && cp -p benchmarks/results/*.png "$out/results/"
-    echo "epilogue: results -> $out/results ($(ls "$out/results" | tr '\n' ' '))"
+    (cd benchmarks/results && printf '%s\n' "$results" | xargs -d '\n' cp -p --parents -t "$out/results/")
+    echo "epilogue: results -> $out/results ($(printf '%s\n' "$results" | wc -l) files in $(cd "$out/results" && find . -mindepth 1 -maxdepth 1 -type d | wc -l) folders)"
 fi
 if compgen -G "/tmp/sgl_qwen1m_bench/*.log" > /dev/null; then
     mkdir -p "$out/logs"

@@ -10,7 +10,7 @@ python3 -m pytest -q -c /dev/null --rootdir . --noconftest -p no:cacheprovider -
 tail -3 "$out/gpu_tests_sparse_$tag.log"
 echo "== kernel designs"
 python3 -m sgl_qwen1m.bench ops-sparse --lengths 65536,131072,262144 --chunk 16384 \
-    --out "benchmarks/results/sparse_ops_$tag.json" 2>&1 | grep -v Warning | tail -8
+    --out "benchmarks/results/sparse-ops-$tag/sparse_ops_$tag.json" 2>&1 | grep -v Warning | tail -8
 echo "== tiny model accuracy, dense vs sparse (bundled model, passkey)"
 python3 -m sgl_qwen1m.model export-sparse-variant --out /tmp/tiny-sparse --vertical 256 --slash 512 --threshold 2048
 common=(--runner engine --attention-backend qwen1m --tasks passkey --multiples 1,4,8,16 --samples 20)
