@@ -2,8 +2,9 @@
 
 SGLang's dummy loader fills every weight uniformly in about [-1e-3, 1e-3]. Queries and keys are then ~1e-4 and the
 attention softmax is flat: every column and diagonal scores the same up to rounding, vertical-slash selection picks
-scattered diagonals, and a 64x64-tile kernel computes 48-83% of the dense work (``logs/sparse_stats_h100.log``).
-Trained long-context models attend mostly to nearby tokens, so that measurement says little about their prefill.
+scattered diagonals, and a 64x64-tile kernel computes 48-83% of the dense work
+(``benchmarks/results/sparse-e2e-h100/sparse_stats_h100.log``). Trained long-context models attend mostly to nearby
+tokens, so that measurement says little about their prefill.
 
 The ``local`` setting keeps every random weight and overwrites one thing: the ``q_proj`` and ``k_proj`` biases of
 every layer are set to the same constant vector per head, ``amplitude`` on the lower-frequency rotary pairs and 0 on
