@@ -201,14 +201,24 @@ def plan_memory_for(
     gpu = _gpu_gib(gpu_gib)
     if isinstance(prompt_tokens, bool) or not isinstance(prompt_tokens, int) or prompt_tokens < 1:
         raise ValueError(f"prompt_tokens must be a positive integer, got {prompt_tokens!r}")
-    if not isinstance(new_tokens, int) or new_tokens < 1:
+    if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or new_tokens < 1:
         raise ValueError(f"new_tokens must be a positive integer, got {new_tokens!r}")
+    if not gpu < math.inf:
+        raise ValueError(f"gpu_gib must be a finite number of GiB, got {gpu_gib!r}")
+    if isinstance(safety_gib, bool) or not isinstance(safety_gib, (int, float)) or not 0 <= safety_gib < math.inf:
+        raise ValueError(f"safety_gib must be a finite number >= 0, got {safety_gib!r}")
+    if chunked_prefill_size is not None and (
+        isinstance(chunked_prefill_size, bool) or not isinstance(chunked_prefill_size, int) or chunked_prefill_size < 1
+    ):
+        raise ValueError(f"chunked_prefill_size must be a positive integer, got {chunked_prefill_size!r}")
     if kv_dtype not in KV_DTYPES:
         raise ValueError(f"kv_dtype must be one of {sorted(KV_DTYPES)}, got {kv_dtype!r}")
     if not isinstance(max_running_requests, int) or max_running_requests < 1:
         raise ValueError(f"max_running_requests must be an integer >= 1, got {max_running_requests!r}")
-    if mem_fraction_static is not None and not 0.0 < mem_fraction_static < 1.0:
-        raise ValueError(f"mem_fraction_static must be in (0, 1), got {mem_fraction_static}")
+    if mem_fraction_static is not None and (
+        not isinstance(mem_fraction_static, (int, float)) or not 0.0 < mem_fraction_static < 1.0
+    ):
+        raise ValueError(f"mem_fraction_static must be in (0, 1), got {mem_fraction_static!r}")
     limit = spec.max_position_embeddings
     if prompt_tokens + new_tokens > limit:
         raise ValueError(

@@ -171,6 +171,15 @@ def test_torch_runner_dca_vs_rope_on_random_model(tmp_path: Path) -> None:
     rope = evaluate(TorchRunner(model, use_dca=False, progress=False), work)
     assert dca[0].backend == "reference-dca" and rope[0].backend == "reference-rope"
     assert 1 <= len(dca[0].output_ids) <= work[0][1].max_new_tokens
+    # Each runner's output is the greedy continuation of the sample's prompt by its own attention (DCA or plain
+    # RoPE), and at 2x the training length the two attentions give different logits (the runner really switches).
+    prompt, n = list(work[0][1].prompt_ids), work[0][1].max_new_tokens
+    by_dca = TinyQwen2.from_pretrained(model, use_dca=True)
+    by_rope = TinyQwen2.from_pretrained(model, use_dca=False)
+    for rec, m in ((dca[0], by_dca), (rope[0], by_rope)):
+        want = m.generate(prompt, n)
+        assert list(rec.output_ids) == (want[: want.index(EOS_ID)] if EOS_ID in want else want)
+    assert not torch.allclose(by_dca.prefill(prompt)[0], by_rope.prefill(prompt)[0], atol=1e-4)
 
 
 def test_demo_cli_on_cpu_prints_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ENTRY_POINT_GROUP = "sglang.srt.plugins"  # sglang/srt/plugins/__init__.py:29 (GENERAL_PLUGINS_GROUP)
 ENTRY_POINT_VALUE = "sgl_qwen1m.adapter.plugin:register"
 
-# Qwen2.5-7B-Instruct-1M shapes (template: shared/gpu/models/qwen2.5-7b-1m-shape/config.json). No weights needed.
+# Qwen2.5-7B-Instruct-1M shapes (as benchmarks/models/qwen2.5-7b-1m-shape/config.json). No weights needed.
 QWEN25_7B_1M_CONFIG = {
     "architectures": ["Qwen2ForCausalLM"],
     "model_type": "qwen2",
