@@ -39,7 +39,7 @@ from sgl_qwen1m.attention.reference import dca_attention_ref
 from sgl_qwen1m.attention.sparse_reference import attention_recall, estimate_vs_ref, pattern_mask_ref
 from sgl_qwen1m.attention.vertical_slash import PAD, LayerBudget, block_pattern, select_vertical_slash
 from sgl_qwen1m.evals.harness import make_samples
-from sgl_qwen1m.evals.tasks import TaskBuilder
+from sgl_qwen1m.model.tasks import TaskBuilder
 from sgl_qwen1m.model.spec import BUNDLED_MODEL_DIR, read_config, train_length
 from sgl_qwen1m.model.torch_qwen2 import TinyQwen2, apply_rope, rope_cos_sin
 

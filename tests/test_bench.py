@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from sgl_qwen1m.bench import backends, cli, common, e2e, floor, results
+from sgl_qwen1m import sizing
+from sgl_qwen1m.bench import backends, cli, common, e2e, results
 from sgl_qwen1m.bench.gpu_mem import GpuMemSampler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,8 +190,8 @@ def test_command_line_and_versions() -> None:
 
 
 def test_shape_from_config_matches_constant() -> None:
-    shape = floor.ModelShape.from_dir(SHAPE_DIR)
-    assert shape == floor.QWEN25_7B == floor.ModelShape.from_dir(DCA_DIR)
+    shape = sizing.ModelShape.from_dir(SHAPE_DIR)
+    assert shape == sizing.QWEN25_7B == sizing.ModelShape.from_dir(DCA_DIR)
     assert shape.linear_flops_per_token == pytest.approx(13.05e9, rel=1e-3)
     assert shape.weight_bytes() == pytest.approx(15.2e9, rel=0.01)
     assert shape.kv_bytes_per_token() == 57_344
@@ -200,26 +201,26 @@ def test_shape_from_config_matches_constant() -> None:
     "tokens,dense_s,sparse_s", [(131072, 6.4, 2.9), (262144, 21.5, 5.8), (524288, 77.5, 11.6), (1048576, 293.0, 23.2)]
 )
 def test_floor_matches_gpu_readme(tokens: int, dense_s: float, sparse_s: float) -> None:
-    shape = floor.QWEN25_7B
-    assert floor.prefill_floor_s(shape, tokens, 800.0) == pytest.approx(dense_s, rel=0.02)
-    keys = floor.mean_keys_per_query(json.loads((DCA_DIR / "sparse_attention_config.json").read_text()))
+    shape = sizing.QWEN25_7B
+    assert sizing.prefill_floor_s(shape, tokens, 800.0) == pytest.approx(dense_s, rel=0.02)
+    keys = sizing.mean_keys_per_query(json.loads((DCA_DIR / "sparse_attention_config.json").read_text()))
     assert keys == pytest.approx(11_600, rel=0.01)
-    assert floor.prefill_floor_s(shape, tokens, 800.0, keys) == pytest.approx(sparse_s, rel=0.02)
+    assert sizing.prefill_floor_s(shape, tokens, 800.0, keys) == pytest.approx(sparse_s, rel=0.02)
 
 
 def test_floor_scales_with_peak() -> None:
-    a = floor.prefill_floor_s(floor.QWEN25_7B, 65536, 400.0)
-    assert a == pytest.approx(2 * floor.prefill_floor_s(floor.QWEN25_7B, 65536, 800.0))
+    a = sizing.prefill_floor_s(sizing.QWEN25_7B, 65536, 400.0)
+    assert a == pytest.approx(2 * sizing.prefill_floor_s(sizing.QWEN25_7B, 65536, 800.0))
     with pytest.raises(ValueError):
-        floor.prefill_floor_s(floor.QWEN25_7B, 1, 0.0)
+        sizing.prefill_floor_s(sizing.QWEN25_7B, 1, 0.0)
 
 
 def test_memory_plan_600k_fits_h100() -> None:
-    plan = floor.plan_memory(floor.QWEN25_7B, 79.1, 0.70, floor.auto_context_length(600_000, 32), 4)
+    plan = sizing.plan_memory(sizing.QWEN25_7B, 79.1, 0.70, sizing.auto_context_length(600_000, 32), 4)
     assert plan.fits and plan.headroom_gib > 20 and plan.req_to_token_gib < 0.1
-    default_rows = floor.plan_memory(floor.QWEN25_7B, 79.1, 0.70, 602112, 2048)
+    default_rows = sizing.plan_memory(sizing.QWEN25_7B, 79.1, 0.70, 602112, 2048)
     assert default_rows.req_to_token_gib == pytest.approx(4.6, rel=0.05)  # SGLang's 2048-row floor
-    assert not floor.plan_memory(floor.QWEN25_7B, 79.1, 0.80, 1_052_672, 4).fits
+    assert not sizing.plan_memory(sizing.QWEN25_7B, 79.1, 0.80, 1_052_672, 4).fits
 
 
 # ---------------------------------------------------------------- plot
@@ -336,7 +337,7 @@ def test_orchestrator_records_failure_and_continues(tmp_path: Path, monkeypatch:
     assert calls == ["qwen1m-dense", "flashinfer"]
     assert data["backends"]["qwen1m-dense"]["error"] == "worker exited with code -9"
     assert data["backends"]["flashinfer"]["checked"] is True
-    assert data["config"]["context_length"] == floor.auto_context_length(131072, 33)
+    assert data["config"]["context_length"] == sizing.auto_context_length(131072, 33)
     assert results.validate(data) == []
     assert any("flashinfer" in line and "8.30" in line for line in e2e.summary_lines(data))
 

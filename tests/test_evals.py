@@ -24,7 +24,7 @@ from sgl_qwen1m.evals.harness import (
     write_results,
 )
 from sgl_qwen1m.evals.runners import EOS_ID, HttpRunner, TorchRunner
-from sgl_qwen1m.evals.tasks import TASKS, Sample, TaskBuilder, parse_answer, score_output
+from sgl_qwen1m.model.tasks import TASKS, Sample, TaskBuilder, parse_answer, score_output
 from sgl_qwen1m.model.spec import make_config, write_model_dir
 from sgl_qwen1m.model.torch_qwen2 import TinyQwen2
 from sgl_qwen1m.model.vocab import build_tokenizer

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .backends import SPECS, default_model_dirs, parse_backends
-from .floor import ModelShape, auto_context_length, plan_memory, prefill_floor_s
+from sgl_qwen1m.sizing import ModelShape, auto_context_length, plan_memory, prefill_floor_s
 
 __all__ = ["build_parser", "main", "parse_lengths", "e2e_options", "serve_options"]
 

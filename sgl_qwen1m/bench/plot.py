@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from .floor import QWEN25_7B, ModelShape, prefill_floor_s
+from sgl_qwen1m.sizing import QWEN25_7B, ModelShape, prefill_floor_s
 from .results import backends_in
 
 __all__ = ["plot_ttft", "try_plot"]

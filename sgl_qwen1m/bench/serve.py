@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 from .backends import SPECS, prepare_model_dir
 from .common import Deadline, EngineOptions, Progress, check_output, make_prompt, stop_process_group
-from .floor import ModelShape, auto_context_length
+from sgl_qwen1m.sizing import ModelShape, auto_context_length
 from .gpu_mem import GpuMemSampler
 from .results import Results, collect_versions, command_line, gpu_name
 

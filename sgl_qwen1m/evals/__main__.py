@@ -25,7 +25,7 @@ from typing import Any, Optional
 from sgl_qwen1m.__main__ import _engine_args, _floats
 from sgl_qwen1m.evals.harness import aggregate, agreement_rows, evaluate, format_table, make_samples, write_results
 from sgl_qwen1m.evals.runners import EngineRunner, HttpRunner, TorchRunner
-from sgl_qwen1m.evals.tasks import TASKS, TaskBuilder
+from sgl_qwen1m.model.tasks import TASKS, TaskBuilder
 from sgl_qwen1m.model.spec import BUNDLED_MODEL_DIR, read_config, require_weights, train_length
 
 

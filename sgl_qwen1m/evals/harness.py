@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from sgl_qwen1m.evals.runners import EOS_ID, Runner
-from sgl_qwen1m.evals.tasks import Sample, TaskBuilder, score_output
+from sgl_qwen1m.model.tasks import Sample, TaskBuilder, score_output
 
 __all__ = [
     "RESERVE",

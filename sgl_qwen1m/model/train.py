@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
 from sgl_qwen1m.config import DCAConfig
-from sgl_qwen1m.evals.tasks import TASKS, TaskBuilder
+from sgl_qwen1m.model.tasks import TASKS, TaskBuilder
 from sgl_qwen1m.model.spec import make_config, write_model_dir
 from sgl_qwen1m.model.torch_qwen2 import TinyQwen2
 from sgl_qwen1m.model.vocab import KEY_NOUNS, TASK_WORDS
