@@ -194,7 +194,7 @@ assert points[-1][3] > points[0][3], "recall must grow with the budget"
 # ## GPU mode
 # With a CUDA GPU and SGLang installed, the same prompt runs through `--attention-backend qwen1m` with sparse
 # prefill: a copy of the bundled model with 256 columns and 512 diagonals per head, sparse above 2,048 tokens
-# (`python -m sgl_qwen1m.model export-sparse-variant`). Not executed in CI. Run as a plain script
+# (`python -m sgl_qwen1m model export-sparse-variant`). Not executed in CI. Run as a plain script
 # (`python notebooks/03_sparse_patterns.py`), SGLang's spawned scheduler re-imports this file, hence the
 # `__main__` guard (Jupyter needs none).
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from sgl_qwen1m import sizing
-from sgl_qwen1m.bench import backends, cli, common, e2e, results
+from sgl_qwen1m import args, cli, sizing
+from sgl_qwen1m.bench import backends, common, e2e, results
+from sgl_qwen1m.bench import cli as bench_cli
 from sgl_qwen1m.bench.gpu_mem import GpuMemSampler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,18 +32,29 @@ SHAPE_DIR = MODELS / "qwen2.5-7b-shape"
 
 
 def test_parse_lengths_suffixes_sorted_unique() -> None:
-    assert cli.parse_lengths("262144,128K,131072, 1M") == [131072, 262144, 1048576]
+    assert args.lengths("262144,128K,131072, 1M") == [131072, 262144, 1048576]
 
 
 @pytest.mark.parametrize("bad", ["", "abc", "-5", "0"])
 def test_parse_lengths_rejects(bad: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
-        cli.parse_lengths(bad)
+        args.lengths(bad)
+
+
+def test_shared_value_parsers() -> None:
+    assert args.length_or_zero("0") == 0 and args.length_or_zero("256K") == 262144
+    assert args.positive_floats("1, 4,8.5") == [1.0, 4.0, 8.5]
+    assert args.key_value("disable-cuda-graph=true") == ("disable_cuda_graph", True)
+    assert args.key_value("a={\"b\": 1}") == ("a", {"b": 1}) and args.key_value("x=abc") == ("x", "abc")
+    for fn, bad in [(args.positive_floats, "0"), (args.positive_floats, "inf"), (args.positive_floats, "x"),
+                    (args.key_value, "novalue"), (args.key_value, "=1")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=repr(bad)):
+            fn(bad)
 
 
 def test_e2e_defaults_and_options() -> None:
-    ns = cli.build_parser().parse_args(["e2e"])
-    opts = cli.e2e_options(ns)
+    ns = cli.build_parser().parse_args(["bench", "e2e"])
+    opts = bench_cli.e2e_options(ns)
     assert opts.backends == ["flashinfer", "qwen1m-dense"]
     assert opts.lengths == [131072, 262144] and opts.decode_at == 262144 and opts.decode_tokens == 32
     assert opts.chunked_prefill_size == 8192 and opts.mem_fraction_static == 0.80
@@ -68,7 +80,7 @@ def test_e2e_brief_command_line() -> None:
         "--deadline-s",
         "500",
     ]
-    opts = cli.e2e_options(cli.build_parser().parse_args(argv))
+    opts = bench_cli.e2e_options(cli.build_parser().parse_args(["bench", *argv]))
     assert opts.engine_args == {"disable_overlap_schedule": True, "attention_backend_extra": "abc"}
     assert opts.deadline_s == 500 and opts.out == "benchmarks/results/x.json"
     back = e2e.E2EOptions.from_json(opts.to_json())
@@ -77,14 +89,14 @@ def test_e2e_brief_command_line() -> None:
 
 def test_unknown_backend_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        cli.build_parser().parse_args(["e2e", "--backends", "flashinfer,fa3"])
+        cli.build_parser().parse_args(["bench", "e2e", "--backends", "flashinfer,fa3"])
     assert exc.value.code == 2
     assert "unknown backend 'fa3'" in capsys.readouterr().err
 
 
 def test_help_hides_worker(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        cli.build_parser().parse_args(["--help"])
+        cli.build_parser().parse_args(["bench", "--help"])
     text = capsys.readouterr().out
     assert "e2e" in text and "serve-smoke" in text and "_worker" not in text
 
@@ -93,9 +105,9 @@ def test_serve_smoke_options_and_command() -> None:
     from sgl_qwen1m.bench.serve import server_command
 
     ns = cli.build_parser().parse_args(
-        ["serve-smoke", "--prompt-tokens", "600000", "--new-tokens", "32", "--server-arg=--enable-metrics"]
+        ["bench", "serve-smoke", "--prompt-tokens", "600000", "--new-tokens", "32", "--server-arg=--enable-metrics"]
     )
-    opts = cli.serve_options(ns)
+    opts = bench_cli.serve_options(ns)
     assert opts.prompt_tokens == 600_000 and opts.new_tokens == 32 and opts.backend == "qwen1m-sparse"
     cmd = server_command(opts, DCA_DIR, 602112, 31000)
     joined = " ".join(cmd)
@@ -344,7 +356,7 @@ def test_orchestrator_records_failure_and_continues(tmp_path: Path, monkeypatch:
 
 def test_import_is_cheap() -> None:
     code = (
-        "import sys, sgl_qwen1m.bench, sgl_qwen1m.bench.cli, sgl_qwen1m.bench.e2e, sgl_qwen1m.bench.serve, "
+        "import sys, sgl_qwen1m.cli, sgl_qwen1m.bench, sgl_qwen1m.bench.cli, sgl_qwen1m.bench.e2e, sgl_qwen1m.bench.serve, "
         "sgl_qwen1m.bench.engine_worker, sgl_qwen1m.bench.plot; "
         "print(sorted(m for m in ('sglang', 'torch', 'matplotlib', 'flashinfer') if m in sys.modules))"
     )
@@ -353,9 +365,28 @@ def test_import_is_cheap() -> None:
 
 
 def test_plan_command_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["plan", "--lengths", "128K,256K"]) == 0
+    assert cli.main(["bench", "plan", "--lengths", "128K,256K"]) == 0
     text = capsys.readouterr().out
     assert "6.45" in text and "21.52" in text and "57344 B/token" in text
+    assert cli.main(["plan", "--lengths", "256K,128K"]) == 0  # the top-level verb is the same planner
+    assert capsys.readouterr().out == text
+
+
+@pytest.mark.parametrize("bad", ["inf", "0", "nan", "-1K", "1e400"])
+def test_bad_length_is_a_usage_error(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["plan", f"--lengths={bad}"])
+    assert exc.value.code == 2
+    assert repr(bad) in capsys.readouterr().err
+
+
+def test_old_bench_spelling_forwards() -> None:
+    """``python -m sgl_qwen1m.bench`` (recorded in committed results) is ``python -m sgl_qwen1m bench``."""
+    argv = [sys.executable, "-m", "sgl_qwen1m.bench", "plan", "--lengths", "128K"]
+    old = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    new = subprocess.run([sys.executable, "-m", "sgl_qwen1m", "bench", *argv[3:]], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout
+    assert old == new and "6.45" in old
 
 
 _FAKE_SGLANG = '''

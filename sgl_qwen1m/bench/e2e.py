@@ -1,4 +1,4 @@
-"""``python -m sgl_qwen1m.bench e2e``: TTFT, decode step and peak memory per backend through ``sgl.Engine``.
+"""``python -m sgl_qwen1m bench e2e``: TTFT, decode step and peak memory per backend through ``sgl.Engine``.
 
 Each backend runs in its own worker process (``python -m sgl_qwen1m.bench _worker``) that starts ONE Engine,
 checks a short prompt, warms up, measures and shuts the Engine down. A crash, an out-of-memory or a hang of one

@@ -1,4 +1,4 @@
-"""``python -m sgl_qwen1m.bench serve-smoke``: one long request through ``python -m sglang.launch_server``.
+"""``python -m sgl_qwen1m bench serve-smoke``: one long request through ``python -m sglang.launch_server``.
 
 Starts the server as a subprocess in its own session (log to a file), waits for ``/health`` (503 until the
 server's own warm-up request has passed), streams ONE ``POST /generate`` with ``input_ids``, checks that

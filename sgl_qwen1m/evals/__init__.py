@@ -4,7 +4,8 @@ results JSON.
 * ``runners``: ``TorchRunner`` (pure-torch reference, CPU or CUDA), ``EngineRunner`` (in-process ``sglang.Engine``),
   ``HttpRunner`` (a running server's ``/generate``); all send token ids and decode greedily;
 * ``harness``: samples per (task, length multiple), evaluation, accuracy / agreement rows, results files;
-* ``demo``: ``python -m sgl_qwen1m demo``; ``python -m sgl_qwen1m.evals`` runs or compares backends.
+* ``demo``: ``python -m sgl_qwen1m demo``; ``cli``: that verb and ``python -m sgl_qwen1m eval {run,agree}``, which runs
+  or compares backends.
 
 Nothing here imports SGLang at import time.
 """
