@@ -8,7 +8,7 @@ from __future__ import annotations
 import sglang as sgl
 
 from sgl_qwen1m.evals.harness import make_samples
-from sgl_qwen1m.evals.tasks import TaskBuilder
+from sgl_qwen1m.model.tasks import TaskBuilder
 from sgl_qwen1m.model.spec import read_config, train_length
 
 

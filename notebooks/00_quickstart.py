@@ -28,7 +28,7 @@ import torch
 
 from sgl_qwen1m.api import plan_memory_for
 from sgl_qwen1m.evals.harness import make_samples
-from sgl_qwen1m.evals.tasks import TaskBuilder
+from sgl_qwen1m.model.tasks import TaskBuilder
 from sgl_qwen1m.frontend import ReferenceEngine, engine_backend
 from sgl_qwen1m.model.spec import BUNDLED_MODEL_DIR
 

@@ -13,7 +13,7 @@
 #
 # Every number here is read from the committed result files `benchmarks/results/<experiment>/*.json` (each records its
 # command, GPU and versions); nothing is re-measured on CPU. The floors are FLOP arithmetic
-# (`sgl_qwen1m.bench.floor`). The last section is the memory planner (`sgl_qwen1m.api.plan_memory_for`), checked
+# (`sgl_qwen1m.sizing`). The last section is the memory planner (`sgl_qwen1m.api.plan_memory_for`), checked
 # against the measured peaks. With `GPU = True` the final cell times one prefill through the API.
 #
 # Stored as a jupytext percent-format `.py` file; `tests/test_notebooks.py` executes it in CI.
@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from sgl_qwen1m.api import GPUS, PREFILL_EFFICIENCY, plan_for_serve_config, plan_memory_for, prefill_eta_s
-from sgl_qwen1m.bench.floor import QWEN25_7B, prefill_floor_s
+from sgl_qwen1m.sizing import QWEN25_7B, prefill_floor_s
 from sgl_qwen1m.bench.results import Results
 
 GPU = torch.cuda.is_available()
@@ -231,7 +231,7 @@ print("fp8 KV rows are arithmetic only: qwen1m serves bf16/fp16 KV caches today.
 
 # %%
 from sgl_qwen1m.api import MODELS
-from sgl_qwen1m.bench.floor import GIB, prefill_overhead_gib
+from sgl_qwen1m.sizing import GIB, prefill_overhead_gib
 
 fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
 xs = list(range(32_768, 1_010_001, 32_768))

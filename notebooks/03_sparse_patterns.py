@@ -39,7 +39,7 @@ from sgl_qwen1m.attention.reference import dca_attention_ref
 from sgl_qwen1m.attention.sparse_reference import attention_recall, estimate_vs_ref, pattern_mask_ref
 from sgl_qwen1m.attention.vertical_slash import PAD, LayerBudget, block_pattern, select_vertical_slash
 from sgl_qwen1m.evals.harness import make_samples
-from sgl_qwen1m.evals.tasks import TaskBuilder
+from sgl_qwen1m.model.tasks import TaskBuilder
 from sgl_qwen1m.model.spec import BUNDLED_MODEL_DIR, read_config, train_length
 from sgl_qwen1m.model.torch_qwen2 import TinyQwen2, apply_rope, rope_cos_sin
 
@@ -194,7 +194,7 @@ assert points[-1][3] > points[0][3], "recall must grow with the budget"
 # ## GPU mode
 # With a CUDA GPU and SGLang installed, the same prompt runs through `--attention-backend qwen1m` with sparse
 # prefill: a copy of the bundled model with 256 columns and 512 diagonals per head, sparse above 2,048 tokens
-# (`python -m sgl_qwen1m.model export-sparse-variant`). Not executed in CI. Run as a plain script
+# (`python -m sgl_qwen1m model export-sparse-variant`). Not executed in CI. Run as a plain script
 # (`python notebooks/03_sparse_patterns.py`), SGLang's spawned scheduler re-imports this file, hence the
 # `__main__` guard (Jupyter needs none).
 

@@ -2,7 +2,8 @@
 
 Trains two 128-token copies of the bundled architecture on copy + passkey (RoPE theta 300, the 4096/10000 ratio
 scaled down), one with ``--dca-aug 0`` and one with ``--dca-aug 0.5``, then prints passkey accuracy at 1x-16x with
-DCA and plain RoPE for both through the pure-torch reference. About 45 minutes on 2 CPU cores.
+DCA and plain RoPE for both through the pure-torch reference. About 45 minutes on 2 CPU cores. A recipe over the
+package's command line (``python -m sgl_qwen1m train`` twice per arm, then ``python -m sgl_qwen1m demo``).
 
     python scripts/train_small.py --out /tmp/train-small
 
@@ -22,8 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sgl_qwen1m.__main__ import main as cli  # noqa: E402
-from sgl_qwen1m.model import train  # noqa: E402
+from sgl_qwen1m.cli import main as cli  # noqa: E402
 
 COMMON = [
     "--seq-len",
@@ -52,9 +52,10 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     for aug in ("0", "0.5"):
         a, b = Path(args.out) / f"aug{aug}-a", Path(args.out) / f"aug{aug}"
-        train.main(["--out", str(a), "--steps", str(args.steps), "--dca-aug", aug, *COMMON])
-        train.main(
+        cli(["train", "--out", str(a), "--steps", str(args.steps), "--dca-aug", aug, *COMMON])
+        cli(
             [
+                "train",
                 "--out",
                 str(b),
                 "--init",

@@ -7,7 +7,7 @@
 * :func:`prefill_progress` shows a ``tqdm.auto`` bar for a long prefill. SGLang reports no prefill progress to the
   caller, so the bar advances on a time **estimate** (FLOP floor / measured efficiency) and says so.
 
-The arithmetic lives in :mod:`sgl_qwen1m.bench.floor` (``plan_memory``, ``prefill_overhead_gib``,
+The arithmetic lives in :mod:`sgl_qwen1m.sizing` (``split_static``, ``plan_memory``, ``prefill_overhead_gib``,
 ``prefill_floor_s``) and is shared with the benchmarks. Importing this module is cheap (no SGLang, no torch).
 """
 
@@ -15,22 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Union
 
-from .bench.floor import (
-    GIB,
-    QWEN25_7B,
-    ModelShape,
-    auto_context_length,
-    plan_memory,
-    prefill_floor_s,
-    prefill_overhead_gib,
-)
+from .sizing import GIB, MFS_CAP, QWEN25_7B, QWEN25_14B, ModelShape, auto_context_length, prefill_floor_s, split_static
 
 __all__ = [
     "plan_for_serve_config",
@@ -56,7 +47,6 @@ GPUS: dict[str, float] = {
     "h200": 143771 / 1024,  # NVIDIA H200: 143,771 MiB = 140.40 GiB
 }
 KV_DTYPES = {"bf16": 2, "fp16": 2, "fp8": 1}
-MFS_CAP = 0.90  # never recommend a larger mem_fraction_static
 SAFETY_GIB = 2.0  # headroom kept beyond the predicted activations/CUDA context
 # TTFT / FLOP floor at 800 TFLOP/s, measured with qwen1m (dense) on the 7B-1M shape: 600K on H100 (0.70),
 # 1M on H200 (0.69), 128K/256K on H100 (0.73/0.72). Used only for the progress estimate.
@@ -73,7 +63,6 @@ class ModelSpec:
     max_position_embeddings: int
 
 
-QWEN25_14B = ModelShape(layers=48, hidden=5120, heads=40, kv_heads=8, head_dim=128, intermediate=13824, vocab=152064)
 MODELS: dict[str, ModelSpec] = {
     "qwen2.5-7b-1m": ModelSpec("qwen2.5-7b-1m", QWEN25_7B, 1_010_000),
     "qwen2.5-14b-1m": ModelSpec("qwen2.5-14b-1m", QWEN25_14B, 1_010_000),
@@ -164,14 +153,6 @@ class MemoryAdvice:
         return self.explanation
 
 
-def _round_up(x: float, step: float) -> float:
-    return round(math.ceil(x / step - 1e-9) * step, 4)
-
-
-def _round_down(x: float, step: float) -> float:
-    return round(math.floor(x / step + 1e-9) * step, 4)
-
-
 def plan_memory_for(
     prompt_tokens: int,
     model: Union[str, Path, ModelSpec] = "qwen2.5-7b-1m",
@@ -259,23 +240,9 @@ def _plan_one(
     chunk: int, mfs: Optional[float], mtt: Optional[int], safety: float,
 ) -> MemoryAdvice:
     shape = spec.shape
-    weights = shape.weight_bytes() / GIB
-    r2t = (mrr + 1) * (context + 4) * 4 / GIB
-    kv_one = context * shape.kv_bytes_per_token(kv_bytes) / GIB
-    overhead = prefill_overhead_gib(shape, chunk)
-    mfs_min = (weights + r2t + kv_one) / gpu
-    mfs_max = min(MFS_CAP, _round_down((gpu - overhead - safety) / gpu, 0.01))
-    if mfs is None:
-        chosen = min(_round_up(mfs_min + 0.05, 0.05), mfs_max)
-        chosen = max(chosen, min(_round_up(mfs_min, 0.01), MFS_CAP))  # if it cannot fit, show what it would need
-    else:
-        chosen = mfs
-    plan = plan_memory(shape, gpu, chosen, context, mrr, mtt, kv_dtype_bytes=kv_bytes)
-    peak = plan.weights_gib + plan.req_to_token_gib + plan.kv_pool_gib + overhead
+    s = split_static(shape, gpu, context, mrr, chunk, kv_bytes, safety, mfs, mtt)
+    chosen, plan, overhead, peak, fits = s.mfs, s.plan, s.overhead_gib, s.peak_gib, s.fits
     headroom = gpu - peak
-    pool_ok = plan.kv_pool_tokens >= context
-    room_ok = gpu * (1 - chosen) >= overhead + safety - 1e-9 and headroom >= safety - 1e-9
-    fits = pool_ok and room_ok
     warnings = []
     if kv_dtype == "fp8":
         warnings.append("qwen1m does not support an FP8 KV cache yet (bf16/fp16 only): fp8 numbers are arithmetic only")
@@ -287,29 +254,29 @@ def _plan_one(
     )
     lines = [
         head,
-        f"  weights {weights:.1f} GiB + KV of one {context:,}-token request {kv_one:.1f} GiB "
-        f"({shape.kv_bytes_per_token(kv_bytes):,} B/token) + req_to_token {r2t:.2f} GiB "
-        f"need mem_fraction_static >= {mfs_min:.3f}",
+        f"  weights {s.weights_gib:.1f} GiB + KV of one {context:,}-token request {s.kv_gib:.1f} GiB "
+        f"({shape.kv_bytes_per_token(kv_bytes):,} B/token) + req_to_token {s.req_to_token_gib:.2f} GiB "
+        f"need mem_fraction_static >= {s.min_mfs:.3f}",
         f"  chunked prefill {chunk} needs ~{overhead:.1f} GiB outside the static pool (+{safety:.1f} GiB safety): "
-        f"mem_fraction_static <= {mfs_max:.2f}",
+        f"mem_fraction_static <= {s.max_mfs:.2f}",
         f"  at mem_fraction_static {chosen:.2f}: KV pool {plan.kv_pool_gib:.1f} GiB = {plan.kv_pool_tokens:,} tokens, "
         f"predicted peak {peak:.1f} GiB, headroom {headroom:.1f} GiB",
     ]
-    if not pool_ok:
+    if not s.pool_ok:
         lines.append(
             f"  the KV pool holds {plan.kv_pool_tokens:,} tokens < context_length {context:,}: "
             "use a bigger GPU, fp8 KV, tensor parallelism or a shorter prompt"
         )
-    elif not room_ok:
-        lines.append(f"  too little left for activations: lower mem_fraction_static below {mfs_max:.2f}")
+    elif not s.room_ok:
+        lines.append(f"  too little left for activations: lower mem_fraction_static below {s.max_mfs:.2f}")
     lines += [f"  note: {w}" for w in warnings]
     return MemoryAdvice(
         fits=fits, model=spec.name, gpu_gib=gpu, prompt_tokens=prompt, new_tokens=new, kv_dtype=kv_dtype,
         context_length=context, mem_fraction_static=chosen, max_running_requests=mrr, chunked_prefill_size=chunk,
-        max_total_tokens=mtt, weights_gib=weights, kv_gib=kv_one, kv_pool_gib=plan.kv_pool_gib,
-        kv_pool_tokens=plan.kv_pool_tokens, req_to_token_gib=r2t, overhead_gib=overhead, predicted_peak_gib=peak,
-        headroom_gib=headroom, min_mem_fraction_static=mfs_min, max_mem_fraction_static=mfs_max,
-        explanation="\n".join(lines), warnings=tuple(warnings),
+        max_total_tokens=mtt, weights_gib=s.weights_gib, kv_gib=s.kv_gib, kv_pool_gib=plan.kv_pool_gib,
+        kv_pool_tokens=plan.kv_pool_tokens, req_to_token_gib=s.req_to_token_gib, overhead_gib=overhead,
+        predicted_peak_gib=peak, headroom_gib=headroom, min_mem_fraction_static=s.min_mfs,
+        max_mem_fraction_static=s.max_mfs, explanation="\n".join(lines), warnings=tuple(warnings),
     )
 
 

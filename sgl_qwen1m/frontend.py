@@ -22,7 +22,7 @@ __all__ = ["ReferenceEngine", "engine_backend"]
 
 def engine_backend(engine: Any, model_path: Union[str, Path], chat_template_name: Optional[str] = None) -> Any:
     """An SGLang frontend backend (``sgl.set_default_backend(...)``) that sends requests to ``engine`` in-process."""
-    from sgl_qwen1m.adapter.frontend import EngineBackend
+    from sgl_qwen1m.adapter.lang import EngineBackend
 
     return EngineBackend(engine, str(model_path), chat_template_name)
 

@@ -9,7 +9,7 @@ import pytest
 
 from sgl_qwen1m import api
 from sgl_qwen1m.api import engine_kwargs_for, plan_for_serve_config, plan_memory_for, prefill_eta_s, prefill_progress
-from sgl_qwen1m.bench import floor
+from sgl_qwen1m import sizing
 from sgl_qwen1m.bench.results import Results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +104,7 @@ def test_planner_predicts_measured_peaks_it_was_not_fitted_to() -> None:
 
 def test_kv_bytes_per_token_7b() -> None:
     a = plan_memory_for(600_000, gpu_gib="h100", new_tokens=32)
-    assert floor.QWEN25_7B.kv_bytes_per_token() == 57_344
+    assert sizing.QWEN25_7B.kv_bytes_per_token() == 57_344
     assert a.kv_gib == pytest.approx(602_112 * 57_344 / 2**30)
     assert "57,344 B/token" in a.explanation
     fp8 = plan_memory_for(600_000, gpu_gib="h100", new_tokens=32, kv_dtype="fp8")

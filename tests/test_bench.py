@@ -6,7 +6,6 @@ a fake ``sglang.Engine`` and a fake ``sglang.launch_server`` written into a temp
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import math
@@ -17,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from sgl_qwen1m.bench import backends, cli, common, e2e, floor, results
+from sgl_qwen1m import cli, sizing
+from sgl_qwen1m.bench import backends, common, e2e, results
+from sgl_qwen1m.bench import cli as bench_cli
 from sgl_qwen1m.bench.gpu_mem import GpuMemSampler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,19 +30,9 @@ SHAPE_DIR = MODELS / "qwen2.5-7b-shape"
 # ---------------------------------------------------------------- argument parsing
 
 
-def test_parse_lengths_suffixes_sorted_unique() -> None:
-    assert cli.parse_lengths("262144,128K,131072, 1M") == [131072, 262144, 1048576]
-
-
-@pytest.mark.parametrize("bad", ["", "abc", "-5", "0"])
-def test_parse_lengths_rejects(bad: str) -> None:
-    with pytest.raises(argparse.ArgumentTypeError):
-        cli.parse_lengths(bad)
-
-
 def test_e2e_defaults_and_options() -> None:
-    ns = cli.build_parser().parse_args(["e2e"])
-    opts = cli.e2e_options(ns)
+    ns = cli.build_parser().parse_args(["bench", "e2e"])
+    opts = bench_cli.e2e_options(ns)
     assert opts.backends == ["flashinfer", "qwen1m-dense"]
     assert opts.lengths == [131072, 262144] and opts.decode_at == 262144 and opts.decode_tokens == 32
     assert opts.chunked_prefill_size == 8192 and opts.mem_fraction_static == 0.80
@@ -67,7 +58,7 @@ def test_e2e_brief_command_line() -> None:
         "--deadline-s",
         "500",
     ]
-    opts = cli.e2e_options(cli.build_parser().parse_args(argv))
+    opts = bench_cli.e2e_options(cli.build_parser().parse_args(["bench", *argv]))
     assert opts.engine_args == {"disable_overlap_schedule": True, "attention_backend_extra": "abc"}
     assert opts.deadline_s == 500 and opts.out == "benchmarks/results/x.json"
     back = e2e.E2EOptions.from_json(opts.to_json())
@@ -76,14 +67,14 @@ def test_e2e_brief_command_line() -> None:
 
 def test_unknown_backend_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        cli.build_parser().parse_args(["e2e", "--backends", "flashinfer,fa3"])
+        cli.build_parser().parse_args(["bench", "e2e", "--backends", "flashinfer,fa3"])
     assert exc.value.code == 2
     assert "unknown backend 'fa3'" in capsys.readouterr().err
 
 
 def test_help_hides_worker(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        cli.build_parser().parse_args(["--help"])
+        cli.build_parser().parse_args(["bench", "--help"])
     text = capsys.readouterr().out
     assert "e2e" in text and "serve-smoke" in text and "_worker" not in text
 
@@ -92,9 +83,9 @@ def test_serve_smoke_options_and_command() -> None:
     from sgl_qwen1m.bench.serve import server_command
 
     ns = cli.build_parser().parse_args(
-        ["serve-smoke", "--prompt-tokens", "600000", "--new-tokens", "32", "--server-arg=--enable-metrics"]
+        ["bench", "serve-smoke", "--prompt-tokens", "600000", "--new-tokens", "32", "--server-arg=--enable-metrics"]
     )
-    opts = cli.serve_options(ns)
+    opts = bench_cli.serve_options(ns)
     assert opts.prompt_tokens == 600_000 and opts.new_tokens == 32 and opts.backend == "qwen1m-sparse"
     cmd = server_command(opts, DCA_DIR, 602112, 31000)
     joined = " ".join(cmd)
@@ -189,8 +180,8 @@ def test_command_line_and_versions() -> None:
 
 
 def test_shape_from_config_matches_constant() -> None:
-    shape = floor.ModelShape.from_dir(SHAPE_DIR)
-    assert shape == floor.QWEN25_7B == floor.ModelShape.from_dir(DCA_DIR)
+    shape = sizing.ModelShape.from_dir(SHAPE_DIR)
+    assert shape == sizing.QWEN25_7B == sizing.ModelShape.from_dir(DCA_DIR)
     assert shape.linear_flops_per_token == pytest.approx(13.05e9, rel=1e-3)
     assert shape.weight_bytes() == pytest.approx(15.2e9, rel=0.01)
     assert shape.kv_bytes_per_token() == 57_344
@@ -200,26 +191,26 @@ def test_shape_from_config_matches_constant() -> None:
     "tokens,dense_s,sparse_s", [(131072, 6.4, 2.9), (262144, 21.5, 5.8), (524288, 77.5, 11.6), (1048576, 293.0, 23.2)]
 )
 def test_floor_matches_gpu_readme(tokens: int, dense_s: float, sparse_s: float) -> None:
-    shape = floor.QWEN25_7B
-    assert floor.prefill_floor_s(shape, tokens, 800.0) == pytest.approx(dense_s, rel=0.02)
-    keys = floor.mean_keys_per_query(json.loads((DCA_DIR / "sparse_attention_config.json").read_text()))
+    shape = sizing.QWEN25_7B
+    assert sizing.prefill_floor_s(shape, tokens, 800.0) == pytest.approx(dense_s, rel=0.02)
+    keys = sizing.mean_keys_per_query(json.loads((DCA_DIR / "sparse_attention_config.json").read_text()))
     assert keys == pytest.approx(11_600, rel=0.01)
-    assert floor.prefill_floor_s(shape, tokens, 800.0, keys) == pytest.approx(sparse_s, rel=0.02)
+    assert sizing.prefill_floor_s(shape, tokens, 800.0, keys) == pytest.approx(sparse_s, rel=0.02)
 
 
 def test_floor_scales_with_peak() -> None:
-    a = floor.prefill_floor_s(floor.QWEN25_7B, 65536, 400.0)
-    assert a == pytest.approx(2 * floor.prefill_floor_s(floor.QWEN25_7B, 65536, 800.0))
+    a = sizing.prefill_floor_s(sizing.QWEN25_7B, 65536, 400.0)
+    assert a == pytest.approx(2 * sizing.prefill_floor_s(sizing.QWEN25_7B, 65536, 800.0))
     with pytest.raises(ValueError):
-        floor.prefill_floor_s(floor.QWEN25_7B, 1, 0.0)
+        sizing.prefill_floor_s(sizing.QWEN25_7B, 1, 0.0)
 
 
 def test_memory_plan_600k_fits_h100() -> None:
-    plan = floor.plan_memory(floor.QWEN25_7B, 79.1, 0.70, floor.auto_context_length(600_000, 32), 4)
+    plan = sizing.plan_memory(sizing.QWEN25_7B, 79.1, 0.70, sizing.auto_context_length(600_000, 32), 4)
     assert plan.fits and plan.headroom_gib > 20 and plan.req_to_token_gib < 0.1
-    default_rows = floor.plan_memory(floor.QWEN25_7B, 79.1, 0.70, 602112, 2048)
+    default_rows = sizing.plan_memory(sizing.QWEN25_7B, 79.1, 0.70, 602112, 2048)
     assert default_rows.req_to_token_gib == pytest.approx(4.6, rel=0.05)  # SGLang's 2048-row floor
-    assert not floor.plan_memory(floor.QWEN25_7B, 79.1, 0.80, 1_052_672, 4).fits
+    assert not sizing.plan_memory(sizing.QWEN25_7B, 79.1, 0.80, 1_052_672, 4).fits
 
 
 # ---------------------------------------------------------------- plot
@@ -336,14 +327,14 @@ def test_orchestrator_records_failure_and_continues(tmp_path: Path, monkeypatch:
     assert calls == ["qwen1m-dense", "flashinfer"]
     assert data["backends"]["qwen1m-dense"]["error"] == "worker exited with code -9"
     assert data["backends"]["flashinfer"]["checked"] is True
-    assert data["config"]["context_length"] == floor.auto_context_length(131072, 33)
+    assert data["config"]["context_length"] == sizing.auto_context_length(131072, 33)
     assert results.validate(data) == []
     assert any("flashinfer" in line and "8.30" in line for line in e2e.summary_lines(data))
 
 
 def test_import_is_cheap() -> None:
     code = (
-        "import sys, sgl_qwen1m.bench, sgl_qwen1m.bench.cli, sgl_qwen1m.bench.e2e, sgl_qwen1m.bench.serve, "
+        "import sys, sgl_qwen1m.cli, sgl_qwen1m.bench, sgl_qwen1m.bench.cli, sgl_qwen1m.bench.e2e, sgl_qwen1m.bench.serve, "
         "sgl_qwen1m.bench.engine_worker, sgl_qwen1m.bench.plot; "
         "print(sorted(m for m in ('sglang', 'torch', 'matplotlib', 'flashinfer') if m in sys.modules))"
     )
@@ -352,7 +343,7 @@ def test_import_is_cheap() -> None:
 
 
 def test_plan_command_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["plan", "--lengths", "128K,256K"]) == 0
+    assert cli.main(["bench", "plan", "--lengths", "128K,256K"]) == 0
     text = capsys.readouterr().out
     assert "6.45" in text and "21.52" in text and "57344 B/token" in text
 

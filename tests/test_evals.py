@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sgl_qwen1m.__main__ import main as cli_main
+from sgl_qwen1m.cli import main as cli_main
 from sgl_qwen1m.evals.harness import (
     RESERVE,
     aggregate,
@@ -24,7 +24,7 @@ from sgl_qwen1m.evals.harness import (
     write_results,
 )
 from sgl_qwen1m.evals.runners import EOS_ID, HttpRunner, TorchRunner
-from sgl_qwen1m.evals.tasks import TASKS, Sample, TaskBuilder, parse_answer, score_output
+from sgl_qwen1m.model.tasks import TASKS, Sample, TaskBuilder, parse_answer, score_output
 from sgl_qwen1m.model.spec import make_config, write_model_dir
 from sgl_qwen1m.model.torch_qwen2 import TinyQwen2
 from sgl_qwen1m.model.vocab import build_tokenizer
@@ -221,5 +221,5 @@ def test_bundled_model_extrapolates_with_dca_not_rope(tmp_path: Path, capsys: py
 
 def test_demo_without_weights_says_how_to_train(tmp_path: Path) -> None:
     write_model_dir(tmp_path, make_config(seq_len=128))
-    with pytest.raises(SystemExit, match="python -m sgl_qwen1m.model.train"):
+    with pytest.raises(SystemExit, match="python -m sgl_qwen1m train"):
         cli_main(["demo", "--device", "cpu", "--model", str(tmp_path)])

@@ -218,10 +218,11 @@ def test_save_load_round_trip_matches_transformers(tmp_path: Path) -> None:
 
 
 def test_training_smoke_reduces_loss(tmp_path: Path) -> None:
-    from sgl_qwen1m.model import train
+    from sgl_qwen1m.cli import main
 
-    train.main(
+    main(
         [
+            "train",
             "--out",
             str(tmp_path),
             "--steps",

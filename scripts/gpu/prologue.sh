@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Source at the start of every GPU call, from the repository root:
 #
-#     source scripts/gpu/prologue.sh && python -m sgl_qwen1m.bench ... ; bash scripts/gpu/epilogue.sh
+#     source scripts/gpu/prologue.sh && python -m sgl_qwen1m bench ... ; bash scripts/gpu/epilogue.sh
 #
 # 1. unpacks .gpu-bundle/site.tar.xz into /tmp/site (skipped when this bundle is already there: a warm host);
 # 2. restores the JIT caches from .gpu-bundle/flashinfer-jit.tgz (or .txz) into ~/.cache (FlashInfer .so files and SGLang's

@@ -9,9 +9,9 @@ out="${1:?usage: train_tiny.sh OUT_DIR [STEPS]}"; steps="${2:-2000}"
 mkdir -p "$out"
 common=(--steps "$steps" --tasks copy,passkey --dca-aug 0.5 --device cuda --seed 0 --log-every 250
         --eval-samples 10 --eval-multiples 1,8)
-python3 -m sgl_qwen1m.model.train --out "$out/L1k" --seq-len 1024 --rope-theta 2500 "${common[@]}" > "$out/L1k.log" 2>&1 &
+python3 -m sgl_qwen1m train --out "$out/L1k" --seq-len 1024 --rope-theta 2500 "${common[@]}" > "$out/L1k.log" 2>&1 &
 p1=$!
-python3 -m sgl_qwen1m.model.train --out "$out/L4k" --seq-len 4096 --rope-theta 10000 "${common[@]}" > "$out/L4k.log" 2>&1 &
+python3 -m sgl_qwen1m train --out "$out/L4k" --seq-len 4096 --rope-theta 10000 "${common[@]}" > "$out/L4k.log" 2>&1 &
 p4=$!
 wait $p1 || echo "train_tiny: L1k failed"; wait $p4 || echo "train_tiny: L4k failed"
 for r in L1k L4k; do

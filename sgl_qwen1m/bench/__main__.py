@@ -1,6 +1,8 @@
-"""``python -m sgl_qwen1m.bench``; guarded because SGLang starts its scheduler with multiprocessing *spawn*."""
+"""``python -m sgl_qwen1m.bench ...`` = ``python -m sgl_qwen1m bench ...`` (guarded: SGLang uses *spawn*)."""
 
-from .cli import main
+import sys
+
+from sgl_qwen1m.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(["bench", *sys.argv[1:]]))

@@ -1,17 +1,21 @@
-"""Command line of ``python -m sgl_qwen1m.bench``: ``e2e``, ``serve-smoke``, ``plot``, ``plan``."""
+"""Arguments of ``python -m sgl_qwen1m bench {e2e,serve-smoke,ops-decode,ops-sparse,plot,plan}`` and of the
+top-level ``python -m sgl_qwen1m plan`` (the same planner): :func:`register` and :func:`register_plan`, called by
+:mod:`sgl_qwen1m.cli`.
+``python -m sgl_qwen1m.bench ...`` is the same command line.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
+
+from sgl_qwen1m.args import key_value, length_or_zero, lengths
+from sgl_qwen1m.sizing import ModelShape, auto_context_length, plan_memory, prefill_floor_s
 
 from .backends import SPECS, default_model_dirs, parse_backends
-from .floor import ModelShape, auto_context_length, plan_memory, prefill_floor_s
 
-__all__ = ["build_parser", "main", "parse_lengths", "e2e_options", "serve_options"]
+__all__ = ["register", "register_plan", "e2e_options", "serve_options"]
 
 _DESCRIPTION = """\
 Benchmarks of sgl_qwen1m on SGLang 0.5.17 with dummy weights (random, same shapes and kernels as the real model).
@@ -30,47 +34,11 @@ Results: benchmarks/results/<name>.json (merged across runs; a killed run keeps 
 """
 
 
-def parse_lengths(text: str) -> list[int]:
-    """``"131072,256K,1M"`` -> ``[131072, 262144, 1048576]`` (K = 1024, M = 1024**2), sorted, unique."""
-    out: set[int] = set()
-    for raw in text.split(","):
-        tok = raw.strip().upper()
-        if not tok:
-            continue
-        mult = 1
-        if tok[-1] in "KM":
-            mult, tok = (1024 if tok[-1] == "K" else 1024 * 1024), tok[:-1]
-        try:
-            value = int(float(tok) * mult)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"bad length {raw!r} (use e.g. 131072, 128K, 1M)") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"length must be > 0, got {raw!r}")
-        out.add(value)
-    if not out:
-        raise argparse.ArgumentTypeError("no length given")
-    return sorted(out)
-
-
-def _one_length(text: str) -> int:
-    return parse_lengths(text)[0] if text.strip() not in ("0", "") else 0
-
-
 def _backends(text: str) -> list[str]:
     try:
         return parse_backends(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _kv(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key.replace("-", "_"), json.loads(value)
-    except json.JSONDecodeError:
-        return key.replace("-", "_"), value
 
 
 def _common(p: argparse.ArgumentParser, mfs: float) -> None:
@@ -117,15 +85,19 @@ def _common(p: argparse.ArgumentParser, mfs: float) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser."""
-    ap = argparse.ArgumentParser(
-        prog="python -m sgl_qwen1m.bench",
+def register(subparsers: Any) -> None:
+    """Add the ``bench`` verb and its subverbs to ``subparsers`` (the top-level ``plan``: :func:`register_plan`).
+
+    Every leaf parser sets ``handler(ns, argv) -> int``, ``argv`` being the words after ``bench``.
+    """
+    ap = subparsers.add_parser(
+        "bench",
+        help="benchmarks on SGLang with dummy weights: e2e, serve-smoke, ops-decode, ops-sparse, plot, plan",
         description=_DESCRIPTION,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{e2e,serve-smoke,ops-decode,ops-sparse,plot,plan}")
+    sub = ap.add_subparsers(required=True, metavar="{e2e,serve-smoke,ops-decode,ops-sparse,plot,plan}")
 
     e = sub.add_parser("e2e", help="TTFT / decode step / peak memory per backend through sgl.Engine (dummy weights)")
     e.add_argument(
@@ -134,9 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=["flashinfer", "qwen1m-dense"],
         help=f"comma list of {','.join(SPECS)} (default flashinfer,qwen1m-dense)",
     )
-    e.add_argument("--lengths", type=parse_lengths, default=[131072, 262144], help="prompt lengths, e.g. 128K,256K")
+    e.add_argument("--lengths", type=lengths, default=[131072, 262144], help="prompt lengths, e.g. 128K,256K")
     e.add_argument(
-        "--decode-at", type=_one_length, default=262144, help="prompt length of the decode timing (0 = none)"
+        "--decode-at", type=length_or_zero, default=262144, help="prompt length of the decode timing (0 = none)"
     )
     e.add_argument("--decode-tokens", type=int, default=32, help="decode steps timed (%(default)s)")
     e.add_argument(
@@ -154,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--log-level", default="warning", help="SGLang log level inside the Engine (%(default)s)")
     e.add_argument(
         "--engine-arg",
-        type=_kv,
+        type=key_value,
         action="append",
         default=[],
         metavar="KEY=VALUE",
@@ -163,11 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-plot", dest="plot", action="store_false", help="skip the PNG")
     e.add_argument("--out", default="benchmarks/results/e2e_7b.json", help="results JSON (%(default)s)")
     _common(e, 0.80)
+    e.set_defaults(handler=_run_e2e)
 
     s = sub.add_parser("serve-smoke", help="one long request through `python -m sglang.launch_server`")
     serve_backends = [n for n, sp in SPECS.items() if sp.decode and sp.weights == "dummy"]  # no -local over HTTP
     s.add_argument("--backend", choices=serve_backends, default="qwen1m-sparse")
-    s.add_argument("--prompt-tokens", type=_one_length, default=600_000)
+    s.add_argument("--prompt-tokens", type=length_or_zero, default=600_000)
     s.add_argument("--new-tokens", type=int, default=32)
     s.add_argument("--port", type=int, default=0, help="0 = a free port")
     s.add_argument("--start-timeout-s", type=float, default=300.0)
@@ -184,29 +157,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--out", default="benchmarks/results/serve_smoke_600k.json")
     _common(s, 0.70)
+    s.set_defaults(handler=_run_serve_smoke)
 
     p = sub.add_parser("plot", help="(re)draw the TTFT plot of one or more results JSONs")
     p.add_argument("json", nargs="+", help="results files; with several, a row of an earlier file wins on ties")
     p.add_argument("--out", default="", help="PNG path (default: beside the first JSON)")
     p.add_argument("--peak-tflops", type=float, default=800.0)
+    p.set_defaults(handler=_run_plot)
 
-    f = sub.add_parser("plan", help="print FLOP floors and the memory split for given lengths (no GPU)")
-    f.add_argument("--lengths", type=parse_lengths, default=[131072, 262144, 524288, 1048576])
+    _plan_arguments(sub.add_parser("plan", help=_PLAN_HELP))
+
+    from .ops import add_parser as add_ops_parser
+    from .ops import run as run_ops
+    from .ops_sparse import add_parser as add_ops_sparse_parser
+    from .ops_sparse import run as run_ops_sparse
+
+    add_ops_parser(sub, lengths)
+    sub.choices["ops-decode"].set_defaults(handler=run_ops)
+    add_ops_sparse_parser(sub, lengths)
+    sub.choices["ops-sparse"].set_defaults(handler=run_ops_sparse)
+    w = sub.add_parser("_worker")  # internal: one backend in its own process
+    w.add_argument("--options", required=True)
+    w.add_argument("--backend", required=True, choices=list(SPECS))
+    w.set_defaults(handler=_run_worker)
+
+
+_PLAN_HELP = "print FLOP floors and the memory split for given lengths (no GPU)"
+
+
+def register_plan(subparsers: Any) -> None:
+    """Add the top-level ``plan`` verb: the same planner as ``bench plan``."""
+    _plan_arguments(subparsers.add_parser("plan", help=_PLAN_HELP + "; = bench plan"))
+
+
+def _plan_arguments(f: argparse.ArgumentParser) -> None:
+    f.add_argument("--lengths", type=lengths, default=[131072, 262144, 524288, 1048576])
     f.add_argument("--model", default=str(default_model_dirs()["dca"]))
     f.add_argument("--peak-tflops", type=float, default=800.0)
     f.add_argument("--gpu-gib", type=float, default=79.1, help="free GPU memory at start (H100 80GB: ~79.1)")
     f.add_argument("--mem-fraction-static", type=float, default=0.80)
     f.add_argument("--max-running-requests", type=int, default=4)
-
-    from .ops import add_parser as add_ops_parser
-    from .ops_sparse import add_parser as add_ops_sparse_parser
-
-    add_ops_parser(sub, parse_lengths)
-    add_ops_sparse_parser(sub, parse_lengths)
-    w = sub.add_parser("_worker")  # internal: one backend in its own process
-    w.add_argument("--options", required=True)
-    w.add_argument("--backend", required=True, choices=list(SPECS))
-    return ap
+    f.set_defaults(handler=_run_plan)
 
 
 def e2e_options(ns: argparse.Namespace) -> "Any":
@@ -225,7 +216,7 @@ def serve_options(ns: argparse.Namespace) -> "Any":
     return ServeOptions(**{k: v for k, v in vars(ns).items() if k in ServeOptions.__dataclass_fields__})
 
 
-def _plan(ns: argparse.Namespace) -> int:
+def _run_plan(ns: argparse.Namespace, argv: list[str]) -> int:
     shape = ModelShape.from_dir(ns.model)
     print(f"{'tokens':>9} {'floor_s':>8} {'ctx':>9} {'pool_tok':>9} {'pool_GiB':>8} {'headroom':>8} fits")
     for n in ns.lengths:
@@ -239,36 +230,29 @@ def _plan(ns: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point; returns the exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    ns = build_parser().parse_args(args)
-    if ns.cmd == "e2e":
-        from .e2e import run_e2e
+def _run_e2e(ns: argparse.Namespace, argv: list[str]) -> int:
+    from .e2e import run_e2e
 
-        return run_e2e(e2e_options(ns), args)
-    if ns.cmd == "serve-smoke":
-        from .serve import run_serve_smoke
+    return run_e2e(e2e_options(ns), argv)
 
-        return run_serve_smoke(serve_options(ns), args)
-    if ns.cmd == "plot":
-        from .plot import plot_ttft
-        from .results import Results, merge_rows
 
-        out = Path(ns.out) if ns.out else Path(ns.json[0]).with_suffix(".png")
-        path = plot_ttft(merge_rows([Results.load(j) for j in ns.json]), out, ns.peak_tflops)
-        print(f"{path} ({path.stat().st_size // 1024} KB)")
-        return 0
-    if ns.cmd == "plan":
-        return _plan(ns)
-    if ns.cmd == "ops-sparse":
-        from .ops_sparse import run as run_ops_sparse
+def _run_serve_smoke(ns: argparse.Namespace, argv: list[str]) -> int:
+    from .serve import run_serve_smoke
 
-        return run_ops_sparse(ns, args)
-    if ns.cmd == "ops-decode":
-        from .ops import run as run_ops
+    return run_serve_smoke(serve_options(ns), argv)
 
-        return run_ops(ns, args)
+
+def _run_plot(ns: argparse.Namespace, argv: list[str]) -> int:
+    from .plot import plot_ttft
+    from .results import Results, merge_rows
+
+    out = Path(ns.out) if ns.out else Path(ns.json[0]).with_suffix(".png")
+    path = plot_ttft(merge_rows([Results.load(j) for j in ns.json]), out, ns.peak_tflops)
+    print(f"{path} ({path.stat().st_size // 1024} KB)")
+    return 0
+
+
+def _run_worker(ns: argparse.Namespace, argv: list[str]) -> int:
     from .e2e import E2EOptions
     from .engine_worker import run_worker
 

@@ -1,4 +1,4 @@
-"""``python -m sgl_qwen1m.bench e2e``: TTFT, decode step and peak memory per backend through ``sgl.Engine``.
+"""``python -m sgl_qwen1m bench e2e``: TTFT, decode step and peak memory per backend through ``sgl.Engine``.
 
 Each backend runs in its own worker process (``python -m sgl_qwen1m.bench _worker``) that starts ONE Engine,
 checks a short prompt, warms up, measures and shuts the Engine down. A crash, an out-of-memory or a hang of one
@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from .backends import SPECS, BackendSpec, prepare_model_dir
 from .common import EngineOptions, Progress, stop_process_group
-from .floor import ModelShape, auto_context_length, mean_keys_per_query, prefill_floor_s
+from sgl_qwen1m.sizing import ModelShape, auto_context_length, mean_keys_per_query, prefill_floor_s
 from .results import Results, collect_versions, command_line, gpu_name
 
 __all__ = ["E2EOptions", "run_e2e", "context_length_for", "summary_lines", "worker_env"]

@@ -21,7 +21,7 @@ from typing import Any, Optional
 from .backends import SPECS, BackendSpec, prepare_model_dir
 from .common import Deadline, Progress, check_output, make_prompt, median
 from .e2e import E2EOptions, context_length_for
-from .floor import ModelShape, prefill_floor_s, prefill_flops
+from sgl_qwen1m.sizing import ModelShape, prefill_floor_s, prefill_flops
 from .gpu_mem import GpuMemSampler
 from .results import Results
 

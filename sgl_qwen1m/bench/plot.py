@@ -1,7 +1,7 @@
 """TTFT vs prompt length per backend, with the arithmetic floor, log-log (matplotlib, Agg, 600x400 px).
 
 Needs only the results JSON, so a file measured on a GPU host without matplotlib can be plotted elsewhere:
-``python -m sgl_qwen1m.bench plot benchmarks/results/<name>.json``.
+``python -m sgl_qwen1m bench plot benchmarks/results/<name>.json``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from .floor import QWEN25_7B, ModelShape, prefill_floor_s
+from sgl_qwen1m.sizing import QWEN25_7B, ModelShape, prefill_floor_s
 from .results import backends_in
 
 __all__ = ["plot_ttft", "try_plot"]
@@ -125,7 +125,7 @@ def try_plot(data: dict[str, Any], out_png: Path, peak_tflops: float = 800.0) ->
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        print("matplotlib not installed: no plot; run `python -m sgl_qwen1m.bench plot <json>` elsewhere", flush=True)
+        print("matplotlib not installed: no plot; run `python -m sgl_qwen1m bench plot <json>` elsewhere", flush=True)
         return None
     path = plot_ttft(data, out_png, peak_tflops)
     print(f"plot -> {path} ({path.stat().st_size // 1024} KB)", flush=True)

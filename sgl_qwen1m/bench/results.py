@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 __all__ = [
-    "BACKENDS",
     "METRICS",
     "Results",
     "validate",
@@ -36,7 +35,6 @@ __all__ = [
     "collect_versions",
 ]
 
-BACKENDS = ("flashinfer", "dual_chunk_flash_attn", "qwen1m-dense", "qwen1m-sparse")
 METRICS = (
     "ttft_s",
     "decode_step_ms",

@@ -1,4 +1,4 @@
-"""``python -m sgl_qwen1m.bench serve-smoke``: one long request through ``python -m sglang.launch_server``.
+"""``python -m sgl_qwen1m bench serve-smoke``: one long request through ``python -m sglang.launch_server``.
 
 Starts the server as a subprocess in its own session (log to a file), waits for ``/health`` (503 until the
 server's own warm-up request has passed), streams ONE ``POST /generate`` with ``input_ids``, checks that
@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 from .backends import SPECS, prepare_model_dir
 from .common import Deadline, EngineOptions, Progress, check_output, make_prompt, stop_process_group
-from .floor import ModelShape, auto_context_length
+from sgl_qwen1m.sizing import ModelShape, auto_context_length
 from .gpu_mem import GpuMemSampler
 from .results import Results, collect_versions, command_line, gpu_name
 

@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence, Union
 
 from sgl_qwen1m.evals.harness import aggregate, evaluate, format_table, make_samples, prompt_length, write_results
 from sgl_qwen1m.evals.runners import EngineRunner, TorchRunner
-from sgl_qwen1m.evals.tasks import TaskBuilder
+from sgl_qwen1m.model.tasks import TaskBuilder
 from sgl_qwen1m.model.spec import BUNDLED_MODEL_DIR, export_rope_variant, read_config, require_weights, train_length
 
 __all__ = ["GPU_DEFAULTS", "CPU_DEFAULTS", "choose_path", "run_demo"]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from sgl_qwen1m.evals.runners import EOS_ID, Runner
-from sgl_qwen1m.evals.tasks import Sample, TaskBuilder, score_output
+from sgl_qwen1m.model.tasks import Sample, TaskBuilder, score_output
 
 __all__ = [
     "RESERVE",
@@ -34,6 +34,7 @@ __all__ = [
     "format_table",
     "environment",
     "write_results",
+    "reference_accuracy",
 ]
 
 RESERVE = 40  # tokens kept free for the answer (the longest, niah_multivalue, has 33)
@@ -213,3 +214,18 @@ def write_results(
         doc["records"] = [asdict(r) for r in records]
     out.write_text(json.dumps(doc, indent=1) + "\n")
     return out
+
+
+def reference_accuracy(
+    model: Any, tasks: Sequence[str], multiples: Sequence[float], samples: int, train_len: int, seed: int
+) -> list[dict[str, Any]]:
+    """Accuracy rows of an in-memory ``TinyQwen2`` through the torch reference (DCA), printed as a table.
+
+    The check after training (:data:`sgl_qwen1m.model.train.Evaluate`; the ``train`` verb passes this function).
+    """
+    from sgl_qwen1m.evals.runners import TorchRunner
+
+    work = make_samples(tasks, multiples, samples, train_len, seed=seed)
+    rows = aggregate(evaluate(TorchRunner(model=model, name="reference-dca"), work))
+    print(format_table(rows, ["reference-dca"], ["DCA (reference)"]))
+    return rows

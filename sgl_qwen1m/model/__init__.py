@@ -3,7 +3,9 @@
 * ``vocab``: the word-level tokenizer (``tokenizers``), saved as ``tokenizer.json`` + config files;
 * ``spec``: ``config.json`` of the bundled model, its directory, and the plain-RoPE variant export;
 * ``torch_qwen2``: :class:`TinyQwen2`, a pure-torch Qwen2 with plain RoPE or DCA (CPU or CUDA);
-* ``train``: ``python -m sgl_qwen1m.model.train`` (synthetic long-context retrieval).
+* ``tasks``: the RULER-style retrieval tasks (training data and the eval harness's prompts);
+* ``train``: ``python -m sgl_qwen1m train`` (synthetic long-context retrieval);
+* ``cli``: the ``train`` and ``model`` verbs of :mod:`sgl_qwen1m.cli`.
 
 Nothing here imports SGLang.
 """

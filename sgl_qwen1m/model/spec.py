@@ -32,7 +32,7 @@ BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "data" / "tiny-dca"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 TRAIN_HINT = (  # the recipe of the committed weights (sgl_qwen1m/data/tiny-dca/README.md)
-    "python -m sgl_qwen1m.model.train --out sgl_qwen1m/data/tiny-dca --seq-len 1024 --rope-theta 2500 "
+    "python -m sgl_qwen1m train --out sgl_qwen1m/data/tiny-dca --seq-len 1024 --rope-theta 2500 "
     "--steps 2000 --tasks copy,passkey --dca-aug 0.5 --seed 0 --device cuda --eval-multiples 1,8"
 )
 

@@ -1,10 +1,10 @@
 """Train the bundled tiny DCA model from scratch on synthetic long-context retrieval.
 
-    python -m sgl_qwen1m.model.train --out sgl_qwen1m/data/tiny-dca --seq-len 1024 --rope-theta 2500 \
+    python -m sgl_qwen1m train --out sgl_qwen1m/data/tiny-dca --seq-len 1024 --rope-theta 2500 \
         --steps 2000 --tasks copy,passkey --dca-aug 0.5 --seed 0 --device cuda --eval-multiples 1,8   # bundled
-    python -m sgl_qwen1m.model.train --out /tmp/smoke --steps 20 --seq-len 256 --device cpu   # smoke, < 1 min
+    python -m sgl_qwen1m train --out /tmp/smoke --steps 20 --seq-len 256 --device cpu   # smoke, < 1 min
 
-Data: every step draws one length ``L`` (half the time the current longest, else log-uniform from ``--min-len``;
+The arguments are defined in :mod:`sgl_qwen1m.model.cli`. Data: every step draws one length ``L`` (half the time the current longest, else log-uniform from ``--min-len``;
 the longest grows geometrically from ``--min-len`` to ``--seq-len`` over the first ``--ramp`` of the steps) and
 ``tokens_per_step // L`` samples of a random task: the five eval tasks (needles at random depths) plus a
 training-only ``copy`` task whose dense signal grows induction heads early. Loss: cross-entropy on answer tokens,
@@ -25,7 +25,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,12 +33,12 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
 from sgl_qwen1m.config import DCAConfig
-from sgl_qwen1m.evals.tasks import TASKS, TaskBuilder
+from sgl_qwen1m.model.tasks import TASKS, TaskBuilder
 from sgl_qwen1m.model.spec import make_config, write_model_dir
 from sgl_qwen1m.model.torch_qwen2 import TinyQwen2
 from sgl_qwen1m.model.vocab import KEY_NOUNS, TASK_WORDS
 
-__all__ = ["TaskStream", "train", "main", "DEFAULT_MIX"]
+__all__ = ["TaskStream", "train", "DEFAULT_MIX", "Evaluate"]
 
 # "copy" (training only): a random word/digit sequence, filler, the same sequence again; loss on the repeat.
 # Its dense copy signal grows induction heads quickly; the retrieval tasks then reuse them.
@@ -50,6 +50,10 @@ DEFAULT_MIX = {
     "niah_multivalue": 0.1,
     "variable_tracking": 0.2,
 }
+
+# The accuracy check after training: (model, tasks, length multiples, samples per cell, train_len, seed) -> rows.
+# The ``train`` verb passes the eval harness's (sgl_qwen1m.evals.harness.reference_accuracy); model never imports it.
+Evaluate = Callable[[TinyQwen2, list[str], list[float], int, int, int], list[dict]]
 
 COPY_BOOST = 0.4  # extra weight of "copy" at step 0, fading to 0 at the end of the length ramp
 
@@ -140,8 +144,10 @@ def _lr(step: int, steps: int, lr: float, warmup: int) -> float:
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-def train(args: argparse.Namespace) -> TinyQwen2:
-    """Train per ``args`` (see :func:`main`), write the model directory, return the model (eval mode)."""
+def train(args: argparse.Namespace, evaluate: Optional[Evaluate] = None) -> TinyQwen2:
+    """Train per ``args`` (the ``train`` verb's namespace, defaults filled in), write the model directory, return the
+    model (eval mode). With ``evaluate`` and ``args.eval_samples > 0`` the written model is checked with it and the
+    rows land in ``training_args.json`` (``"final"``)."""
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     dev = torch.device(args.device)
@@ -222,73 +228,16 @@ def train(args: argparse.Namespace) -> TinyQwen2:
     out = write_model_dir(args.out, config)
     model.save_weights(out)
     reloaded = TinyQwen2.from_pretrained(out, device=dev)  # evaluate what is shipped (bf16 weights)
-    final = _final_eval(reloaded, args, dev)
+    final = _final_eval(reloaded, args, evaluate)
     meta = {"args": vars(args), "params": n_params, "train_seconds": time.time() - t0, "log": log, "final": final}
     (Path(out) / "training_args.json").write_text(json.dumps(meta, indent=1) + "\n")
     print(f"wrote {out} in {time.time() - t0:.0f}s")
     return reloaded
 
 
-def _final_eval(model: TinyQwen2, args: argparse.Namespace, dev: torch.device) -> list[dict]:
-    from sgl_qwen1m.evals.harness import aggregate, evaluate, format_table, make_samples
-    from sgl_qwen1m.evals.runners import TorchRunner
-
-    if args.eval_samples <= 0:
+def _final_eval(model: TinyQwen2, args: argparse.Namespace, evaluate: Optional[Evaluate]) -> list[dict]:
+    if evaluate is None or args.eval_samples <= 0:
         return []
     tasks = [t for t in args.tasks.split(",") if t in TASKS]
     multiples = [float(m) for m in args.eval_multiples.split(",")]
-    samples = make_samples(tasks, multiples, args.eval_samples, args.seq_len, seed=args.seed + 12345)
-    rows = aggregate(evaluate(TorchRunner(model=model, name="reference-dca"), samples))
-    print(format_table(rows, ["reference-dca"], ["DCA (reference)"]))
-    return rows
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m sgl_qwen1m.model.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="model directory to write (config, tokenizer, model.safetensors)")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--seq-len", type=int, default=4096, help="training length = DCA chunk_size")
-    p.add_argument("--min-len", type=int, default=None, help="shortest sampled length (default seq_len/16, >=128)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--tokens-per-step", type=int, default=None, help="default 131072 on CUDA, 4096 on CPU")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--warmup", type=int, default=None, help="default steps/20")
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--other-weight", type=float, default=0.0, help="loss weight of non-answer tokens")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--workers", type=int, default=None, help="data workers (default 8 on CUDA, 0 on CPU); the stream depends on it"
-    )
-    p.add_argument("--tasks", default=",".join(DEFAULT_MIX), help="training mix (eval uses all but copy)")
-    p.add_argument("--layers", type=int, default=3)
-    p.add_argument("--heads", type=int, default=2)
-    p.add_argument("--kv-heads", type=int, default=1)
-    p.add_argument("--intermediate", type=int, default=288)
-    p.add_argument("--rope-theta", type=float, default=10000.0)
-    p.add_argument("--init", default=None, help="start from this model directory's weights (same shape)")
-    p.add_argument("--ramp", type=float, default=0.3, help="fraction of steps over which the length grows")
-    p.add_argument(
-        "--dca-aug",
-        type=float,
-        default=0.5,
-        help="share of steps run through DCA with a chunk shorter than the sequence (0: plain only)",
-    )
-    p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--eval-samples", type=int, default=20, help="per task and multiple after training (0: skip)")
-    p.add_argument(
-        "--eval-multiples",
-        default=None,
-        help="torch-reference DCA eval lengths (default 1,8 on CUDA, 1 on CPU), multiples of --seq-len",
-    )
-    args = p.parse_args(argv)
-    cuda = args.device.startswith("cuda")
-    args.min_len = args.min_len or max(128, args.seq_len // 16)
-    args.tokens_per_step = args.tokens_per_step or (131072 if cuda else 4096)
-    args.warmup = args.warmup if args.warmup is not None else max(1, args.steps // 20)
-    args.workers = args.workers if args.workers is not None else (8 if cuda else 0)
-    args.eval_multiples = args.eval_multiples or ("1,8" if cuda else "1")
-    train(args)
-
-
-if __name__ == "__main__":
-    main()
+    return evaluate(model, tasks, multiples, args.eval_samples, args.seq_len, args.seed + 12345)

@@ -57,7 +57,7 @@ FILLER_SENTENCES = (
     "time goes on and on.",
 )
 
-# Words of the task instructions, needles and questions (see ``sgl_qwen1m.evals.tasks``).
+# Words of the task instructions, needles and questions (see ``sgl_qwen1m.model.tasks``).
 TASK_WORDS = (
     "a all an and answer are assigned assignment chain find following for hidden important in inside irrelevant is it"
     " key lot magic memorize number numbers of one pass remember special text that the them there track value var"

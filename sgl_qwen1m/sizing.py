@@ -1,4 +1,5 @@
-"""Arithmetic floors and memory arithmetic for Qwen2-shaped models (pure Python, no GPU).
+"""Arithmetic floors and memory arithmetic for Qwen2-shaped models (pure Python, no GPU): the planner of
+:mod:`sgl_qwen1m.api` and the benchmarks (``python -m sgl_qwen1m plan``) share it.
 
 The prefill floor is the time the GPU would need at ``peak_tflops`` for the prefill FLOPs alone:
 
@@ -15,6 +16,7 @@ For Qwen2.5-7B at 800 TFLOP/s this gives 6.4 s at 128K and 21.5 s at 256K dense,
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -22,6 +24,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 __all__ = [
     "ModelShape",
     "QWEN25_7B",
+    "QWEN25_14B",
     "GIB",
     "prefill_flops",
     "prefill_floor_s",
@@ -32,6 +35,9 @@ __all__ = [
     "auto_context_length",
     "prefill_overhead_gib",
     "OVERHEAD_FIXED_GIB",
+    "MFS_CAP",
+    "StaticSplit",
+    "split_static",
 ]
 
 GIB = float(1 << 30)
@@ -106,6 +112,8 @@ class ModelShape:
 
 # Qwen2.5-7B-Instruct(-1M): 28 layers, 28 query heads, 4 KV heads, head_dim 128.
 QWEN25_7B = ModelShape(layers=28, hidden=3584, heads=28, kv_heads=4, head_dim=128, intermediate=18944, vocab=152064)
+# Qwen2.5-14B-Instruct(-1M): 48 layers, 40 query heads, 8 KV heads, head_dim 128.
+QWEN25_14B = ModelShape(layers=48, hidden=5120, heads=40, kv_heads=8, head_dim=128, intermediate=13824, vocab=152064)
 
 
 def head_budgets(sparse_cfg: Sequence[Mapping[str, Sequence[Any]]]) -> list[int]:
@@ -246,3 +254,87 @@ def prefill_overhead_gib(shape: ModelShape, chunked_prefill_size: int, dtype_byt
         3 * shape.intermediate + 5 * shape.heads * shape.head_dim + 2 * shape.kv_heads * shape.head_dim + 6 * shape.hidden
     )
     return OVERHEAD_FIXED_GIB + chunked_prefill_size * per_token / GIB
+
+
+MFS_CAP = 0.90  # never recommend a larger mem_fraction_static
+
+
+def _round_up(x: float, step: float) -> float:
+    return round(math.ceil(x / step - 1e-9) * step, 4)
+
+
+def _round_down(x: float, step: float) -> float:
+    return round(math.floor(x / step + 1e-9) * step, 4)
+
+
+@dataclass(frozen=True)
+class StaticSplit:
+    """One request of ``context_length`` tokens against SGLang's static pool at ``mem_fraction_static`` (GiB).
+
+    ``min_mfs``: the smallest fraction whose pool holds the request; ``max_mfs``: the largest that leaves
+    ``overhead_gib + safety`` free (at most ``MFS_CAP``); ``plan``: :func:`plan_memory` at ``mfs``; ``peak_gib``:
+    weights + ``req_to_token`` + KV pool + ``overhead_gib``.
+    """
+
+    weights_gib: float
+    req_to_token_gib: float
+    kv_gib: float  # KV of one request of context_length tokens
+    overhead_gib: float
+    min_mfs: float
+    max_mfs: float
+    mfs: float
+    plan: MemoryPlan
+    peak_gib: float
+    pool_ok: bool  # the pool holds context_length tokens
+    room_ok: bool  # overhead + safety fit outside the static pool
+
+    @property
+    def fits(self) -> bool:
+        """Both the pool and the activations fit."""
+        return self.pool_ok and self.room_ok
+
+
+def split_static(
+    shape: ModelShape,
+    gpu_gib: float,
+    context_length: int,
+    max_running_requests: int,
+    chunked_prefill_size: int,
+    kv_dtype_bytes: int = 2,
+    safety_gib: float = 2.0,
+    mem_fraction_static: Optional[float] = None,
+    max_total_tokens: Optional[int] = None,
+) -> StaticSplit:
+    """Bounds of ``mem_fraction_static`` for one ``context_length`` request and the split at the chosen fraction.
+
+    Without ``mem_fraction_static`` the choice sizes the pool for the request plus at least 5 % of the GPU (rounded
+    up to 0.05), at most ``max_mfs``; if the request cannot fit, the fraction it would need (rounded up to 0.01).
+    """
+    gpu, context, mrr = gpu_gib, context_length, max_running_requests
+    weights = shape.weight_bytes() / GIB
+    r2t = (mrr + 1) * (context + 4) * 4 / GIB
+    kv_one = context * shape.kv_bytes_per_token(kv_dtype_bytes) / GIB
+    overhead = prefill_overhead_gib(shape, chunked_prefill_size)
+    mfs_min = (weights + r2t + kv_one) / gpu
+    mfs_max = min(MFS_CAP, _round_down((gpu - overhead - safety_gib) / gpu, 0.01))
+    if mem_fraction_static is None:
+        chosen = min(_round_up(mfs_min + 0.05, 0.05), mfs_max)
+        chosen = max(chosen, min(_round_up(mfs_min, 0.01), MFS_CAP))  # if it cannot fit, show what it would need
+    else:
+        chosen = mem_fraction_static
+    plan = plan_memory(shape, gpu, chosen, context, mrr, max_total_tokens, kv_dtype_bytes=kv_dtype_bytes)
+    peak = plan.weights_gib + plan.req_to_token_gib + plan.kv_pool_gib + overhead
+    headroom = gpu - peak
+    return StaticSplit(
+        weights_gib=weights,
+        req_to_token_gib=r2t,
+        kv_gib=kv_one,
+        overhead_gib=overhead,
+        min_mfs=mfs_min,
+        max_mfs=mfs_max,
+        mfs=chosen,
+        plan=plan,
+        peak_gib=peak,
+        pool_ok=plan.kv_pool_tokens >= context,
+        room_ok=gpu * (1 - chosen) >= overhead + safety_gib - 1e-9 and headroom >= safety_gib - 1e-9,
+    )
