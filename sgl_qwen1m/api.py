@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -153,6 +154,11 @@ class MemoryAdvice:
         return self.explanation
 
 
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 def plan_memory_for(
     prompt_tokens: int,
     model: Union[str, Path, ModelSpec] = "qwen2.5-7b-1m",
@@ -180,18 +186,14 @@ def plan_memory_for(
     """
     spec = resolve_model(model)
     gpu = _gpu_gib(gpu_gib)
-    if isinstance(prompt_tokens, bool) or not isinstance(prompt_tokens, int) or prompt_tokens < 1:
-        raise ValueError(f"prompt_tokens must be a positive integer, got {prompt_tokens!r}")
-    if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or new_tokens < 1:
-        raise ValueError(f"new_tokens must be a positive integer, got {new_tokens!r}")
+    _positive_int("prompt_tokens", prompt_tokens)
+    _positive_int("new_tokens", new_tokens)
     if not gpu < math.inf:
         raise ValueError(f"gpu_gib must be a finite number of GiB, got {gpu_gib!r}")
     if isinstance(safety_gib, bool) or not isinstance(safety_gib, (int, float)) or not 0 <= safety_gib < math.inf:
         raise ValueError(f"safety_gib must be a finite number >= 0, got {safety_gib!r}")
-    if chunked_prefill_size is not None and (
-        isinstance(chunked_prefill_size, bool) or not isinstance(chunked_prefill_size, int) or chunked_prefill_size < 1
-    ):
-        raise ValueError(f"chunked_prefill_size must be a positive integer, got {chunked_prefill_size!r}")
+    if chunked_prefill_size is not None:
+        _positive_int("chunked_prefill_size", chunked_prefill_size)
     if kv_dtype not in KV_DTYPES:
         raise ValueError(f"kv_dtype must be one of {sorted(KV_DTYPES)}, got {kv_dtype!r}")
     if not isinstance(max_running_requests, int) or max_running_requests < 1:
