@@ -25,19 +25,8 @@ from typing import Any, Iterator, Mapping, Optional, Union
 from .sizing import GIB, MFS_CAP, QWEN25_7B, QWEN25_14B, ModelShape, auto_context_length, prefill_floor_s, split_static
 
 __all__ = [
-    "plan_for_serve_config",
-    "GPUS",
-    "MODELS",
-    "KV_DTYPES",
-    "MFS_CAP",
-    "PREFILL_EFFICIENCY",
-    "ModelSpec",
-    "MemoryAdvice",
-    "resolve_model",
-    "plan_memory_for",
-    "engine_kwargs_for",
-    "launch_engine",
-    "prefill_eta_s",
+    "plan_for_serve_config", "GPUS", "MODELS", "KV_DTYPES", "MFS_CAP", "PREFILL_EFFICIENCY", "ModelSpec",
+    "MemoryAdvice", "resolve_model", "plan_memory_for", "engine_kwargs_for", "launch_engine", "prefill_eta_s",
     "prefill_progress",
 ]
 
