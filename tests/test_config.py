@@ -15,7 +15,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sgl_qwen1m.attention.dca import yarn_logit_scale
+from sgl_qwen1m.ops.dca.plan import yarn_logit_scale
 from sgl_qwen1m.config import (
     DEFAULT_LAST_Q,
     DEFAULT_SPARSE_THRESHOLD,
