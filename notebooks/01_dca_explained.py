@@ -30,8 +30,8 @@ if not os.environ.get("MPLBACKEND"):
 import matplotlib.pyplot as plt
 import torch
 
-from sgl_qwen1m.attention.dca import RequestSpan, Stage, dca_positions, plan_extend, stage_of
-from sgl_qwen1m.attention.reference import dca_attention_ref
+from sgl_qwen1m.ops.dca.plan import RequestSpan, Stage, dca_positions, plan_extend, stage_of
+from sgl_qwen1m.ops.dca.reference import dca_attention_ref
 from sgl_qwen1m.config import DCAConfig
 
 GPU = torch.cuda.is_available()

@@ -34,10 +34,16 @@ if not os.environ.get("MPLBACKEND"):
 import matplotlib.pyplot as plt
 import torch
 
-from sgl_qwen1m.attention.dca import dca_positions
-from sgl_qwen1m.attention.reference import dca_attention_ref
-from sgl_qwen1m.attention.sparse_reference import attention_recall, estimate_vs_ref, pattern_mask_ref
-from sgl_qwen1m.attention.vertical_slash import PAD, LayerBudget, block_pattern, select_vertical_slash
+from sgl_qwen1m.ops.dca.plan import dca_positions, yarn_logit_scale
+from sgl_qwen1m.ops.dca.reference import dca_attention_ref
+from sgl_qwen1m.ops.sparse.plan import PAD, LayerBudget
+from sgl_qwen1m.ops.sparse.reference import (
+    attention_recall,
+    block_pattern,
+    estimate_vs_ref,
+    pattern_mask_ref,
+    select_vertical_slash,
+)
 from sgl_qwen1m.evals.harness import make_samples
 from sgl_qwen1m.model.tasks import TaskBuilder
 from sgl_qwen1m.model.spec import BUNDLED_MODEL_DIR, read_config, train_length
@@ -110,7 +116,7 @@ def query_variants(q, pos):
 layer = 1
 q, k, v, pos, scale_len = captured[layer]
 q5 = query_variants(q, pos)
-logit_scale = dca.yarn_scale(scale_len) ** 2
+logit_scale = float(yarn_logit_scale(torch.tensor([scale_len]), dca)[0])
 n_est = 64
 vert, slash = estimate_vs_ref(q5[-n_est:], k, pos[-n_est:], dca.chunk_len, model.sm_scale, logit_scale)
 
@@ -160,7 +166,7 @@ if needle is not None:
 # %% [markdown]
 # ## Recall against budget
 # Attention recall of a query is `exp(lse_sparse - lse_dense)`: the share of its softmax mass inside the kept keys
-# (`sgl_qwen1m.attention.sparse_reference.attention_recall`; FlashInfer's LSE is base 2, pass `base=2` for it).
+# (`sgl_qwen1m.ops.sparse.reference.attention_recall`; FlashInfer's LSE is base 2, pass `base=2` for it).
 # The paper's *sparsity refinement* raises a head's budget until its recall on 1M-token calibration prompts passes
 # a threshold; here we sweep one budget for all heads of this layer on the last 512 queries.
 

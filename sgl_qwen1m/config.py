@@ -14,7 +14,6 @@ Nothing here imports SGLang, Triton or FlashInfer.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -132,16 +131,6 @@ class DCAConfig:
             ),
             sparse_attention_last_q=_int_field(raw, "sparse_attention_last_q", DEFAULT_LAST_Q, where),
         )
-
-    def yarn_scale(self, seq_len: int) -> float:
-        """YaRN attention factor ``s = max(1, 0.1 ln(L / L_train) + 1)`` for a sequence of ``seq_len`` tokens.
-
-        Logits are multiplied by ``s**2`` (paper eq. 1: ``sqrt(1/t) = 0.1 ln(s) + 1``). ``1.0`` when
-        ``original_max_position_embeddings`` is 0 or ``seq_len`` does not exceed it.
-        """
-        if self.original_max_position_embeddings <= 0 or seq_len <= self.original_max_position_embeddings:
-            return 1.0
-        return max(1.0, 0.1 * math.log(seq_len / self.original_max_position_embeddings) + 1.0)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+from sgl_qwen1m.ops.triton_interpreter import install_scalar_index_shim  # noqa: E402
+
 # CI-friendly: no per-example deadline (CPU torch start-up is noisy), fixed example budget.
 settings.register_profile(
     "sgl_qwen1m", deadline=None, max_examples=120, database=None, suppress_health_check=[HealthCheck.too_slow]
@@ -29,26 +31,8 @@ torch.set_num_threads(int(os.environ.get("SGL_QWEN1M_TEST_THREADS", "1")))
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-
-def _interpreter_scalar_index_shim() -> None:
-    """Triton 3.6's interpreter turns a loaded scalar into a Python int with ``int(ndarray)``, which NumPy >= 2.4
-    rejects for the 1-element arrays it holds (so ``range(0, n)`` with a loaded ``n`` fails). Use ``.item()``."""
-    try:
-        import numpy as np
-        from triton.runtime import interpreter
-    except ImportError:
-        return
-    orig = interpreter._patch_lang_tensor
-
-    def patched(tensor, scope):
-        orig(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
-
-    interpreter._patch_lang_tensor = patched
-
-
-if os.environ.get("TRITON_INTERPRET") == "1":
-    _interpreter_scalar_index_shim()
+# In the interpreter, let loaded scalars bound loops (a no-op when compiling, or on an unknown Triton version).
+install_scalar_index_shim()
 
 
 @pytest.fixture(autouse=True)

@@ -1,11 +1,10 @@
-"""DCAConfig / SparseBudgets parsing, validation messages, YaRN scale."""
+"""DCAConfig / SparseBudgets parsing and validation messages (YaRN scale: tests/test_yarn.py)."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
 import json
-import math
 import re
 import types
 from pathlib import Path
@@ -15,7 +14,6 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sgl_qwen1m.attention.dca import yarn_logit_scale
 from sgl_qwen1m.config import (
     DEFAULT_LAST_Q,
     DEFAULT_SPARSE_THRESHOLD,
@@ -25,6 +23,7 @@ from sgl_qwen1m.config import (
     HeadBudget,
     SparseBudgets,
 )
+from sgl_qwen1m.ops.dca.plan import yarn_logit_scale
 
 # Qwen2.5-7B-Instruct-1M's config.json and its real per-head sparse budgets, committed in the repository.
 MODEL_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "models" / "qwen2.5-7b-1m-shape"
@@ -76,7 +75,7 @@ def test_defaults_for_absent_keys():
     assert cfg.sparse_attention_threshold == DEFAULT_SPARSE_THRESHOLD
     assert cfg.sparse_attention_last_q == DEFAULT_LAST_Q
     # With no original_max_position_embeddings YaRN is off at any length.
-    assert cfg.yarn_scale(10**7) == 1.0
+    assert float(yarn_logit_scale(torch.tensor([10**7]), cfg)[0]) == 1.0
 
 
 def test_sparse_enabled_inferred_from_sparse_attention_config_key():
@@ -160,70 +159,6 @@ def test_valid_configs_accepted(chunk, data):
     local = data.draw(st.integers(0, chunk - 1))
     cfg = DCAConfig.from_dict({"chunk_size": chunk, "local_size": local})
     assert cfg.chunk_len == chunk - local >= 1
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# YaRN scale
-# ---------------------------------------------------------------------------------------------------------------
-
-_YARN_TABLE = [  # L, s = sqrt(1/t), logit multiplier s**2   (qwen1m-method.md §1.3)
-    (262_144, 1.0, 1.0),
-    (524_288, 1.069, 1.143),
-    (1_010_000, 1.135, 1.288),
-    (1_048_576, 1.139, 1.297),
-]
-
-
-@pytest.mark.parametrize("L,s,mult", _YARN_TABLE)
-def test_yarn_scale_research_table(L, s, mult):
-    cfg = DCAConfig(**QWEN_1M)
-    assert cfg.yarn_scale(L) == pytest.approx(s, abs=6e-4)
-    assert cfg.yarn_scale(L) ** 2 == pytest.approx(mult, abs=6e-4)
-    assert cfg.yarn_scale(L) == pytest.approx(max(1.0, 0.1 * math.log(L / 262_144) + 1.0), rel=1e-12)
-
-
-def test_yarn_scale_exact_values():
-    cfg = DCAConfig(**QWEN_1M)
-    assert cfg.yarn_scale(524_288) == pytest.approx(1 + 0.1 * math.log(2), rel=1e-12)
-    assert cfg.yarn_scale(1_048_576) == pytest.approx(1 + 0.1 * math.log(4), rel=1e-12)
-    for L in (0, 1, 4096, 262_143, 262_144):
-        assert cfg.yarn_scale(L) == 1.0
-    assert cfg.yarn_scale(262_145) > 1.0
-
-
-def test_yarn_scale_disabled_when_orig_is_zero():
-    cfg = DCAConfig(262144, 8192, 0)
-    for L in (1, 262_144, 1_048_576, 10**9):
-        assert cfg.yarn_scale(L) == 1.0
-    lens = torch.tensor([1, 262_144, 1_048_576, 10**9])
-    assert torch.equal(yarn_logit_scale(lens, cfg), torch.ones(4))
-    assert torch.equal(yarn_logit_scale(lens, None), torch.ones(4))
-
-
-@given(a=st.integers(0, 10**8), b=st.integers(0, 10**8), orig=st.integers(1, 10**6))
-def test_yarn_scale_monotone_and_at_least_one(a, b, orig):
-    cfg = DCAConfig(orig + 1, 0, orig)
-    lo, hi = sorted((a, b))
-    assert 1.0 <= cfg.yarn_scale(lo) <= cfg.yarn_scale(hi)
-
-
-@given(
-    lens=st.lists(st.integers(0, 4 * 10**6), min_size=1, max_size=16),
-    orig=st.sampled_from([0, 1, 4096, 32768, 262144]),
-)
-def test_yarn_logit_scale_is_square_of_yarn_scale(lens, orig):
-    cfg = DCAConfig(max(orig, 1) + 8, 8, orig)
-    got = yarn_logit_scale(torch.tensor(lens), cfg)
-    assert got.dtype == torch.float32 and got.shape == (len(lens),)
-    assert torch.isfinite(got).all()  # seq_len 0 must not produce NaN / -inf
-    want = torch.tensor([cfg.yarn_scale(L) ** 2 for L in lens], dtype=torch.float64)
-    torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=0)
-
-
-def test_yarn_logit_scale_table_values():
-    cfg = DCAConfig(**QWEN_1M)
-    got = yarn_logit_scale(torch.tensor([100, 262144, 524288, 1010000, 1048576]), cfg)
-    torch.testing.assert_close(got, torch.tensor([1.0, 1.0, 1.143, 1.288, 1.297]), atol=1e-3, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------

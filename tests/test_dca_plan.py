@@ -9,7 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sgl_qwen1m.attention.dca import (
+from sgl_qwen1m.ops.dca.plan import (
     NUM_Q_VARIANTS,
     DCAPlan,
     RequestSpan,
@@ -21,7 +21,7 @@ from sgl_qwen1m.attention.dca import (
     plan_extend,
     stage_of,
 )
-from sgl_qwen1m.attention.indices import gather_kv_indices, segment_tensors
+from sgl_qwen1m.ops.dca.indices import gather_kv_indices, segment_tensors
 from sgl_qwen1m.config import DCAConfig
 
 CPU = torch.device("cpu")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sgl_qwen1m.attention.dca import dca_positions
+from sgl_qwen1m.ops.dca.plan import dca_positions, yarn_logit_scale
 from sgl_qwen1m.config import DCAConfig
 from sgl_qwen1m.model.spec import (
     BUNDLED_MODEL_DIR,
@@ -125,7 +125,7 @@ def _naive_layer0_attention(m: TinyQwen2, ids: torch.Tensor) -> torch.Tensor:
         cos, sin = rope_cos_sin(dist, a.d, m.theta)
         qr = apply_rope(q[p].expand(p + 1, -1, -1), cos, sin)  # [p+1, H, D]
         logits = (qr * k[: p + 1].repeat_interleave(a.h // a.hkv, 1)).sum(-1) * m.sm_scale  # [p+1, H]
-        logits = logits * dca.yarn_scale(n) ** 2
+        logits = logits * float(yarn_logit_scale(torch.tensor([n]), dca)[0])
         w = logits.softmax(0)
         out[p] = (w[..., None] * v[: p + 1].repeat_interleave(a.h // a.hkv, 1)).sum(0)
     return out

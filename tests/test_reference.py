@@ -9,8 +9,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sgl_qwen1m.attention.dca import RequestSpan, Stage, dca_positions, plan_extend
-from sgl_qwen1m.attention.reference import LN2, dca_attention_ref, merge_lse_ref
+from sgl_qwen1m.ops.dca.plan import RequestSpan, Stage, dca_positions, plan_extend
+from sgl_qwen1m.ops.dca.reference import LN2, dca_attention_ref, merge_lse_ref
 from sgl_qwen1m.config import DCAConfig
 
 L = 100  # keys per request in the parametrized tests

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sgl_qwen1m.attention.dca import DCARopeCaches, dca_positions
-from sgl_qwen1m.attention.reference import dca_rope_ref
+from sgl_qwen1m.ops.dca.plan import DCARopeCaches, dca_positions
+from sgl_qwen1m.ops.dca.reference import dca_rope_ref
 from sgl_qwen1m.config import DCAConfig
 
 VARIANTS = ("q_intra", "q_succ", "q_inter", "q_succ_critical", "q_inter_critical")
@@ -43,7 +43,7 @@ def test_rope_ref_is_plain_rope_at_dca_positions(chunk_size, local_size):
 @pytest.mark.parametrize("t", [1, 63, 64, 65, 4097])
 @pytest.mark.parametrize("h,hkv", [(28, 4), (2, 1), (40, 8)])
 def test_dca_rope_kernel_matches_oracle(t, h, hkv):
-    from sgl_qwen1m.attention.kernels import dca_rope
+    from sgl_qwen1m.ops.dca.rope import dca_rope
 
     cfg = DCAConfig(chunk_size=2048, local_size=256)
     d = 128
@@ -84,9 +84,9 @@ def test_fused_rope_matches_sglang_module():
 
 _INTERPRET_CHECK = r"""
 import torch
-from sgl_qwen1m.attention.dca import DCARopeCaches
-from sgl_qwen1m.attention.kernels import dca_rope
-from sgl_qwen1m.attention.reference import dca_rope_ref
+from sgl_qwen1m.ops.dca.plan import DCARopeCaches
+from sgl_qwen1m.ops.dca.rope import dca_rope
+from sgl_qwen1m.ops.dca.reference import dca_rope_ref
 from sgl_qwen1m.config import DCAConfig
 caches = DCARopeCaches.build(128, 200, 1e4, DCAConfig(chunk_size=64, local_size=8))
 for t, h, hkv in ((1, 2, 1), (5, 28, 4), (17, 3, 1)):

@@ -14,10 +14,10 @@ from typing import Optional
 import pytest
 import torch
 
-from sgl_qwen1m.attention.dca import RequestSpan, plan_extend
-from sgl_qwen1m.attention.reference import dca_attention_ref
-from sgl_qwen1m.attention.sparse_reference import attention_recall, estimate_vs_ref, pattern_mask_ref
-from sgl_qwen1m.attention.vertical_slash import PAD, LayerBudget, select_vertical_slash
+from sgl_qwen1m.ops.dca.plan import DCAShape, RequestSpan, plan_extend
+from sgl_qwen1m.ops.dca.reference import dca_attention_ref
+from sgl_qwen1m.ops.sparse.plan import PAD
+from sgl_qwen1m.ops.sparse.reference import attention_recall, estimate_vs_ref, pattern_mask_ref, select_vertical_slash
 from sgl_qwen1m.config import DCAConfig, HeadBudget, SparseBudgets
 
 pytest.importorskip("triton")
@@ -81,12 +81,13 @@ def budgets_for(h: int, vertical: int, slash: int, layers: int = 1) -> SparseBud
 
 
 def make_prefill(case: Case, budgets: SparseBudgets, threshold: int = 0):
-    from sgl_qwen1m.attention.sparse import SparsePrefill
+    from sgl_qwen1m.ops.sparse.prefill import SparsePrefill
 
     h, d = case.q5.shape[2], case.q5.shape[3]
-    sp = SparsePrefill(h, case.k_pool.shape[1], d, case.sm_scale, case.cfg, budgets, DEV, threshold=threshold)
+    shape = DCAShape(h, case.k_pool.shape[1], d, DTYPE, DTYPE, case.sm_scale)
+    sp = SparsePrefill(shape, case.cfg, budgets, DEV, threshold=threshold)
     plan = plan_extend(case.spans, case.cfg)
-    state = sp.plan(plan, case.spans, case.req_pool_indices, case.scale)
+    state = sp.plan_extend(plan, case.spans, case.req_to_token, case.req_pool_indices, case.scale)
     return sp, state
 
 
@@ -112,11 +113,11 @@ def test_estimate_matches_reference_and_selects_same_indices(name):
     spans, cfg = CASES[name]
     case = make_case(spans, cfg, yarn=(1.3, 1.0))
     sp, state = make_prefill(case, budgets_for(4, 20, 40))
-    from sgl_qwen1m.attention.kernels_sparse import estimate_scores
+    from sgl_qwen1m.ops.sparse.estimate import estimate_scores
 
     pp = state.plan
-    vert, slash = estimate_scores(case.q5, state.q_scale, case.k_pool, case.req_to_token, state.piece_table,
-                                  pp.max_len, case.sm_scale, cfg.chunk_len if cfg else None)
+    vert, slash = estimate_scores(case.q5, state, case.k_pool, sm_scale=case.sm_scale,
+                                  chunk_len=cfg.chunk_len if cfg else None)
     row_of = {r: row for r, row, _ in _rows_of(case)}
     ref_v = torch.zeros_like(vert)
     ref_s = torch.zeros_like(slash)
@@ -197,10 +198,10 @@ def test_full_budget_equals_dense_dca(name):
     case = make_case(spans, cfg, yarn=(1.2,))
     sp, state = make_prefill(case, budgets_for(4, 4096, 4096))
     q = case.q5
-    pat = sp.pattern(state, 0, q, case.k_pool, case.req_to_token)
+    pat = sp.pattern(state, 0, q, case.k_pool)
     for i, pc in enumerate(state.plan.pieces):  # every block diagonal a query of the piece can reach
         assert bool((pat.cov[i, :, : (pc.q_end - 1) // 64 + 1] == 1).all())
-    out, lse = sp.attend(state, pat, q, (case.k_pool, case.v_pool), case.req_to_token, return_lse=True)
+    out, lse = sp.attend(state, pat, q, (case.k_pool, case.v_pool), return_lse=True)
     ref_o, ref_l = _dense_ref(case)
     err = _rel(out, ref_o)
     print(f"{name}: full-budget sparse vs dense DCA rel_rms={err:.2e}")
@@ -214,8 +215,8 @@ def test_sparse_attention_matches_masked_oracle(name, vertical, slash):
     spans, cfg = CASES[name]
     case = make_case(spans, cfg, yarn=(1.0, 1.4), seed=3)
     sp, state = make_prefill(case, budgets_for(4, vertical, slash))
-    pat = sp.pattern(state, 0, case.q5, case.k_pool, case.req_to_token)
-    out, lse = sp.attend(state, pat, case.q5, (case.k_pool, case.v_pool), case.req_to_token, return_lse=True)
+    pat = sp.pattern(state, 0, case.q5, case.k_pool)
+    out, lse = sp.attend(state, pat, case.q5, (case.k_pool, case.v_pool), return_lse=True)
     ref_o, ref_l = _sparse_ref(case, sp, state, pat)
     err = _rel(out, ref_o)
     print(f"{name} v={vertical} s={slash}: rel_rms={err:.2e}")
@@ -231,7 +232,7 @@ def test_request_under_threshold_rides_along_densely():
     case = make_case(spans, DCA, seed=5)
     sp, state = make_prefill(case, budgets_for(4, 30, 100), threshold=300)
     assert [p.sparse for p in state.plan.pieces] == [True, True, True, False]
-    out = sp.run(state, 0, case.q5.flatten(1), (case.k_pool, case.v_pool), case.req_to_token)
+    out = sp.run_extend(state, case.q5.flatten(1), (case.k_pool, case.v_pool), 0)
     ref_o, _ = _dense_ref(case)
     assert _rel(out[600:], ref_o[600:]) < TOL  # the short request is exact
     assert _rel(out[:600], ref_o[:600]) > TOL  # the long one is really sparse
@@ -258,8 +259,8 @@ def test_planted_vertical_and_slash_structure_is_recalled():
     q[..., 63] += amp
     case = make_case(spans, cfg, h=h, hkv=hkv, d=d, q=q, k_seq=[k], seed=7)
     sp, state = make_prefill(case, budgets_for(h, 40, 200))
-    pat = sp.pattern(state, 0, case.q5, case.k_pool, case.req_to_token)
-    _, lse = sp.attend(state, pat, case.q5, (case.k_pool, case.v_pool), case.req_to_token, return_lse=True)
+    pat = sp.pattern(state, 0, case.q5, case.k_pool)
+    _, lse = sp.attend(state, pat, case.q5, (case.k_pool, case.v_pool), return_lse=True)
     _, dense_l = _dense_ref(case)
     rec = attention_recall(lse, dense_l)
     print(f"planted recall: mean={rec.mean():.4f} min={rec.min():.4f}")
@@ -283,8 +284,8 @@ def test_torch_selection_path_gives_the_same_pattern(name):
     spans, cfg = CASES[name]
     case = make_case(spans, cfg, yarn=(1.2,))
     sp, state = make_prefill(case, budgets_for(4, 20, 40))
-    fast = sp.pattern(state, 0, case.q5, case.k_pool, case.req_to_token)
+    fast = sp.pattern(state, 0, case.q5, case.k_pool)
     sp.torch_select = True
-    ref = sp.pattern(state, 0, case.q5, case.k_pool, case.req_to_token)
+    ref = sp.pattern(state, 0, case.q5, case.k_pool)
     for field in ("v_idx", "s_idx", "cov", "diag", "dcnt", "vcnt"):
         assert torch.equal(getattr(fast, field), getattr(ref, field)), field

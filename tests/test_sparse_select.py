@@ -10,15 +10,9 @@ import os
 import pytest
 import torch
 
-from sgl_qwen1m.attention.vertical_slash import (
-    BLOCK,
-    PAD,
-    LayerBudget,
-    block_pattern,
-    loop_bounds,
-    select_vertical_slash,
-)
 from sgl_qwen1m.config import LOCAL_DIAGONALS, SINK_COLUMNS
+from sgl_qwen1m.ops.sparse.plan import BLOCK, PAD, LayerBudget
+from sgl_qwen1m.ops.sparse.reference import block_pattern, loop_bounds, select_vertical_slash
 
 pytest.importorskip("triton")
 
@@ -54,7 +48,7 @@ SHAPES = {
 
 @pytest.mark.parametrize("name", list(SHAPES))
 def test_radix_select_equals_torch_topk(name):
-    from sgl_qwen1m.attention.kernels_select import select_vs
+    from sgl_qwen1m.ops.sparse.select import select_vs
 
     q_end, length, vb, sb = SHAPES[name]
     p, h = len(q_end), len(vb)
@@ -63,7 +57,7 @@ def test_radix_select_equals_torch_topk(name):
     qe = torch.tensor([[e, 3, 5, 7] for e in q_end], device=DEV)[:, 0]
     dense = torch.zeros(p, dtype=torch.bool, device=DEV)
     bud = _budget(vb, sb)
-    got_v, got_s = select_vs(scores, qe, dense, bud, SINK_COLUMNS, LOCAL_DIAGONALS)
+    got_v, got_s = select_vs(scores, qe, dense, bud, sink=SINK_COLUMNS, local=LOCAL_DIAGONALS)
     want_v, want_s = select_vertical_slash(scores[0].clone(), scores[1].clone(), qe, bud)
     assert got_v.shape == want_v.shape and got_s.shape == want_s.shape
     assert torch.equal(got_v, want_v)
@@ -79,14 +73,14 @@ TIES = {
 
 @pytest.mark.parametrize("name", list(TIES))
 def test_radix_select_ties_take_the_earliest_and_dense_pieces_take_no_columns(name):
-    from sgl_qwen1m.attention.kernels_select import select_vs
+    from sgl_qwen1m.ops.sparse.select import select_vs
 
     q_end, vb, sb = TIES[name]
     length = max(q_end)
     scores = _scores(2, len(vb), length, q_end, seed=3, levels=6)  # six score values: ties everywhere
     qe = torch.tensor(q_end, device=DEV)
     dense = torch.tensor([False, True], device=DEV)
-    v_idx, s_idx = select_vs(scores, qe, dense, _budget(vb, sb), SINK_COLUMNS, LOCAL_DIAGONALS)
+    v_idx, s_idx = select_vs(scores, qe, dense, _budget(vb, sb), sink=SINK_COLUMNS, local=LOCAL_DIAGONALS)
     assert bool((v_idx[1] == PAD).all()), "a dense piece gets no extra columns"
     for kind, idx, buds, forced in ((0, v_idx, vb, SINK_COLUMNS), (1, s_idx, sb, LOCAL_DIAGONALS)):
         for i, e in enumerate(q_end):
@@ -112,7 +106,7 @@ def test_radix_select_ties_take_the_earliest_and_dense_pieces_take_no_columns(na
 
 @pytest.mark.parametrize("chunk_len", [None, 256, 1024])
 def test_pattern_bounds_equals_block_pattern_and_loop_bounds(chunk_len):
-    from sgl_qwen1m.attention.kernels_select import pattern_bounds
+    from sgl_qwen1m.ops.sparse.select import pattern_bounds
 
     g = torch.Generator().manual_seed(7 if chunk_len is None else chunk_len)
     p, h = 3, 5
@@ -140,7 +134,7 @@ def test_pattern_bounds_equals_block_pattern_and_loop_bounds(chunk_len):
     v_idx[2] = PAD  # dense pieces carry no columns (select_vs guarantees it)
     meta = torch.tensor([[e, f, c, int(d)] for e, f, c, d in zip(q_end, first_block, c0, dense.tolist())],
                         dtype=torch.int64, device=DEV)
-    cov, diag, dcnt, vcnt = pattern_bounds(s_idx, v_idx, meta, nb, max_blocks, cl)
+    cov, diag, dcnt, vcnt = pattern_bounds(s_idx, v_idx, meta, num_key_blocks=nb, max_blocks=max_blocks, chunk_len=cl)
     want_cov, want_diag = block_pattern(s_idx, dense, nb)
     fb = torch.tensor(first_block, device=DEV)
     c0t = torch.tensor(c0, device=DEV)

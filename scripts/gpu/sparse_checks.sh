@@ -6,7 +6,7 @@ out="${1:?usage: sparse_checks.sh OUT_DIR TAG}"; tag="${2:-h100}"
 mkdir -p "$out"
 echo "== GPU tests"
 python3 -m pytest -q -c /dev/null --rootdir . --noconftest -p no:cacheprovider -rP \
-    tests/test_sparse.py tests/test_wrapper_gpu.py > "$out/gpu_tests_sparse_$tag.log" 2>&1
+    tests/test_sparse.py tests/test_dca_attention_gpu.py > "$out/gpu_tests_sparse_$tag.log" 2>&1
 tail -3 "$out/gpu_tests_sparse_$tag.log"
 echo "== kernel designs"
 python3 -m sgl_qwen1m bench ops-sparse --lengths 65536,131072,262144 --chunk 16384 \

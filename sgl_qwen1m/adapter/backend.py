@@ -1,10 +1,12 @@
 """``qwen1m``: SGLang attention backend for models with ``dual_chunk_attention_config`` (Qwen2.5-*-1M).
 
-Translates SGLang's ``ForwardBatch`` into host-int plans (once per batch) and runs
-:class:`sgl_qwen1m.attention.wrapper.DCAAttention` per layer. Keys are written to SGLang's KV pool exactly as
-RoPE left them (rotated at ``pos % chunk_len``, never rescaled), so the radix cache stays on. When SGLang has loaded
-``sparse_attention_config.json`` (``sparse_attention_enabled``), prefill batches with a request attending more than
-``sparse_attention_threshold`` keys run :class:`sgl_qwen1m.attention.sparse.SparsePrefill` instead.
+Translates SGLang's ``ForwardBatch`` into host-int plans (once per batch) and runs a prefill operator per layer:
+:class:`sgl_qwen1m.ops.dca.attention.DCAAttention`, or, when SGLang has loaded ``sparse_attention_config.json``
+(``sparse_attention_enabled``) and a request of the batch attends more than ``sparse_attention_threshold`` keys,
+:class:`sgl_qwen1m.ops.sparse.prefill.SparsePrefill`. The batch's metadata holds the chosen operator and its state;
+both run as ``op.run_extend(state, q5, kv_cache, layer_id)``. Decode always runs ``DCAAttention``. Keys are written
+to SGLang's KV pool exactly as RoPE left them (rotated at ``pos % chunk_len``, never rescaled), so the radix cache
+stays on.
 Tested against SGLang 0.5.17.
 """
 
@@ -21,14 +23,15 @@ from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 from sglang.srt.runtime_context import get_buffer
 
 from sgl_qwen1m.adapter.rope import install_fused_dca_rope
-from sgl_qwen1m.attention.dca import RequestSpan, plan_extend, yarn_logit_scale
-from sgl_qwen1m.attention.wrapper import DCAAttention, DCAShape, DecodeGraphState, DecodeStep, ExtendState
 from sgl_qwen1m.config import DCAConfig, sparse_budgets_from_hf
+from sgl_qwen1m.ops.dca.attention import DCAAttention, DecodeGraphState, DecodeStep, ExtendState
+from sgl_qwen1m.ops.dca.plan import DCAShape, RequestSpan, plan_extend, yarn_logit_scale
 
 if TYPE_CHECKING:
     from flashinfer import BatchDecodeWithPagedKVCacheWrapper
 
-    from sgl_qwen1m.attention.sparse import SparsePrefill, SparseState
+    from sgl_qwen1m.ops.sparse.plan import SparseState
+    from sgl_qwen1m.ops.sparse.prefill import SparsePrefill
     from sglang.srt.layers.radix_attention import RadixAttention
     from sglang.srt.model_executor.forward_batch_info import ForwardBatch
     from sglang.srt.model_executor.model_runner import ModelRunner
@@ -42,8 +45,8 @@ _WORKSPACE_BYTES = 512 * 1024 * 1024  # what SGLang's FlashInfer backend uses fo
 
 @dataclass
 class _ExtendMeta:
-    state: Optional[ExtendState]  # dense plan (None when the whole batch runs sparse)
-    sparse: Optional["SparseState"] = None
+    op: Union[DCAAttention, "SparsePrefill"]  # the prefill operator that runs this batch
+    state: Union[ExtendState, "SparseState"]  # its per-batch plan
 
 
 @dataclass
@@ -139,10 +142,11 @@ class Qwen1MAttnBackend(AttentionBackend):
             if scale is not None:
                 ext = torch.tensor([s.extend_len for s in spans], device=scale.device)
                 token_scale = torch.repeat_interleave(scale, ext, output_size=plan.num_tokens)
-            sparse = self.sparse.plan(plan, spans, fb.req_pool_indices, token_scale)
+            sparse = self.sparse.plan_extend(plan, spans, self.req_to_token, fb.req_pool_indices, token_scale)
             if sparse is not None:
-                return _ExtendMeta(None, sparse)
-        return _ExtendMeta(self.attn.plan_extend(plan, self.req_to_token, fb.req_pool_indices, scale))
+                return _ExtendMeta(self.sparse, sparse)
+        # no sparse prefill, or no request of the batch above the threshold: dense DCA
+        return _ExtendMeta(self.attn, self.attn.plan_extend(plan, self.req_to_token, fb.req_pool_indices, scale))
 
     def _plan_decode(self, fb: "ForwardBatch", graph: Optional[DecodeGraphState]):
         bs = fb.batch_size
@@ -176,27 +180,23 @@ class Qwen1MAttnBackend(AttentionBackend):
 
     # ---------------------------------------------------------------- forward
 
-    def _save_kv(self, layer: "RadixAttention", fb: "ForwardBatch", k, v, save_kv_cache: bool) -> None:
+    def _layer_kv(self, layer: "RadixAttention", fb: "ForwardBatch", k, v, save_kv_cache: bool):
+        """Store the batch's new keys/values (when asked) and return the layer's pools ``(k, v)``."""
         if save_kv_cache and k is not None:
             self.token_to_kv_pool.set_kv_buffer(layer, fb.out_cache_loc, k, v, layer.k_scale, layer.v_scale)
+        return self.token_to_kv_pool.get_kv_buffer(layer.layer_id)
 
     def forward_extend(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch",
                        save_kv_cache: bool = True, **kwargs):
-        self._save_kv(layer, forward_batch, k, v, save_kv_cache)
-        kv = self.token_to_kv_pool.get_kv_buffer(layer.layer_id)
-        meta = self.forward_metadata
-        if meta.sparse is not None:
-            o = self.sparse.run(meta.sparse, layer.layer_id, q, kv, self.req_to_token)
-        else:
-            o = self.attn.run_extend(meta.state, q, kv)
+        kv = self._layer_kv(layer, forward_batch, k, v, save_kv_cache)
+        meta: _ExtendMeta = self.forward_metadata
+        o = meta.op.run_extend(meta.state, q, kv, layer.layer_id)  # DCAAttention or SparsePrefill
         return o.view(-1, layer.tp_q_head_num * layer.head_dim)
 
     def forward_decode(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch",
                        save_kv_cache: bool = True, **kwargs):
-        self._save_kv(layer, forward_batch, k, v, save_kv_cache)
-        kv = self.token_to_kv_pool.get_kv_buffer(layer.layer_id)
-        meta = self.forward_metadata
-        o = self.attn.run_decode(meta.wrapper, q, kv, meta.step)
+        meta: _DecodeMeta = self.forward_metadata
+        o = self.attn.run_decode(meta.wrapper, q, self._layer_kv(layer, forward_batch, k, v, save_kv_cache), meta.step)
         return o.view(-1, layer.tp_q_head_num * layer.head_dim)
 
 
@@ -214,15 +214,12 @@ def _make_sparse(hf_config, cfg: Optional[DCAConfig], shape: DCAShape, tp_size: 
     budgets = sparse_budgets_from_hf(hf_config, cfg)
     if budgets is None:
         return None
-    from sgl_qwen1m.attention.sparse import SparsePrefill
-    from sgl_qwen1m.attention.vertical_slash import BLOCK
+    from sgl_qwen1m.ops.sparse.plan import BLOCK
+    from sgl_qwen1m.ops.sparse.prefill import SparsePrefill
 
     if cfg.chunk_len % BLOCK:
         logger.warning("qwen1m: sparse prefill needs chunk_size - local_size (%d) to be a multiple of %d; "
                        "running dense prefill", cfg.chunk_len, BLOCK)
         return None
-    return SparsePrefill(
-        shape.num_qo_heads, shape.num_kv_heads, shape.head_dim, shape.sm_scale, cfg,
-        budgets.for_tp_rank(tp_rank, tp_size), device,
-        threshold=cfg.sparse_attention_threshold, last_q=cfg.sparse_attention_last_q,
-    )
+    return SparsePrefill(shape, cfg, budgets.for_tp_rank(tp_rank, tp_size), device,
+                         threshold=cfg.sparse_attention_threshold, last_q=cfg.sparse_attention_last_q)

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import torch
 
-from sgl_qwen1m.attention.dca import DCARopeCaches
+from sgl_qwen1m.ops.dca.plan import DCARopeCaches
 
 __all__ = ["install_fused_dca_rope"]
 
@@ -24,7 +24,7 @@ def _fused_forward(module: Any, caches: DCARopeCaches, positions: torch.Tensor, 
                    key: torch.Tensor, offsets: Optional[torch.Tensor] = None):
     if offsets is not None or query.dim() != 2 or key.dim() != 2 or not query.is_cuda:
         return type(module).forward(module, positions, query, key, offsets)
-    from sgl_qwen1m.attention.kernels import dca_rope
+    from sgl_qwen1m.ops.dca.rope import dca_rope
 
     return dca_rope(positions, query, key, caches, module.head_size)
 

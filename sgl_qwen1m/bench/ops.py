@@ -51,7 +51,8 @@ def _bench_length(n: int, args: argparse.Namespace, ws, rows: list, log) -> None
     import flashinfer
     import torch
 
-    from sgl_qwen1m.attention.wrapper import DCAAttention, DCAShape
+    from sgl_qwen1m.ops.dca.attention import DCAAttention
+    from sgl_qwen1m.ops.dca.plan import DCAShape
     from sgl_qwen1m.config import DCAConfig
 
     h, hkv, d, b, layers = 28, 4, 128, args.batch, args.layers

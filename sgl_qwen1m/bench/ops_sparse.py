@@ -70,7 +70,7 @@ class _Setup:
         import flashinfer
         import torch
 
-        from sgl_qwen1m.attention.dca import RequestSpan, plan_extend
+        from sgl_qwen1m.ops.dca.plan import RequestSpan, plan_extend
 
         self.h, self.hkv, self.d, self.n, self.c = 28, 4, 128, n, c
         dev = torch.device("cuda")
@@ -97,16 +97,20 @@ class _Setup:
         return self.dense.run(self.q[:, 0], (self.k, self.v), return_lse=True)
 
     def prefill(self, budgets):
-        from sgl_qwen1m.attention.sparse import SparsePrefill
+        import torch
 
-        sp = SparsePrefill(self.h, self.hkv, self.d, self.d**-0.5, self.cfg, budgets, self.k.device, threshold=0)
-        return sp, sp.plan(self.plan, self.spans, self.rpi, None)
+        from sgl_qwen1m.ops.dca.plan import DCAShape
+        from sgl_qwen1m.ops.sparse.prefill import SparsePrefill
+
+        shape = DCAShape(self.h, self.hkv, self.d, torch.bfloat16, torch.bfloat16, self.d**-0.5)
+        sp = SparsePrefill(shape, self.cfg, budgets, self.k.device, threshold=0)
+        return sp, sp.plan_extend(self.plan, self.spans, self.r2t, self.rpi, None)
 
     def synthetic_pattern(self, sp, state, layer: int, seed: int):
         """Local band of slash_size diagonals + vertical_size random columns (sinks first), per head."""
         import torch
 
-        from sgl_qwen1m.attention.vertical_slash import PAD
+        from sgl_qwen1m.ops.sparse.plan import PAD
 
         b = sp.budgets[layer]
         n, dev = self.n, self.k.device
@@ -125,8 +129,8 @@ class _Setup:
         """sgl_kernel's index format from the same column and diagonal sets."""
         import torch
 
-        from sgl_qwen1m.adapter.sgl_kernel_sparse import convert_indexes
-        from sgl_qwen1m.attention.vertical_slash import PAD
+        from sgl_qwen1m.bench.sgl_kernel_sparse import convert_indexes
+        from sgl_qwen1m.ops.sparse.plan import PAD
 
         v = pat.v_idx.clone()
         s = pat.s_idx.clone()
@@ -140,7 +144,7 @@ class _Setup:
         return convert
 
     def run_fwd_sparse(self, idx):
-        from sgl_qwen1m.adapter.sgl_kernel_sparse import sparse_attention
+        from sgl_qwen1m.bench.sgl_kernel_sparse import sparse_attention
 
         return sparse_attention(self.q[:, 0].unsqueeze(0), self.k.unsqueeze(0), self.v.unsqueeze(0), idx, self.d**-0.5)
 
@@ -148,21 +152,23 @@ class _Setup:
 def _stage_ms(sp, state, s, layer: int, iters: int) -> dict[str, float]:
     """Per-stage times (ms) of ``SparsePrefill.pattern`` for one layer (each stage synchronised on its own), plus
     the torch reference stages it replaced (``*_torch``)."""
-    from sgl_qwen1m.attention.kernels_select import pattern_bounds, select_vs
-    from sgl_qwen1m.attention.kernels_sparse import estimate_scores
-    from sgl_qwen1m.attention.vertical_slash import select_vertical_slash
     from sgl_qwen1m.config import LOCAL_DIAGONALS, SINK_COLUMNS
+    from sgl_qwen1m.ops.sparse.estimate import estimate_scores
+    from sgl_qwen1m.ops.sparse.reference import select_vertical_slash
+    from sgl_qwen1m.ops.sparse.select import pattern_bounds, select_vs
 
     q5 = s.q5()
     pp = state.plan
-    cl = sp.cfg.chunk_len if sp.cfg is not None else None  # as SparsePrefill.pattern
+    cl = sp.chunk_len
     bud = sp.budgets[layer]
 
     def est():
-        return estimate_scores(q5, state.q_scale, s.k, s.r2t, state.piece_table, pp.max_len, sp.sm_scale, cl)
+        return estimate_scores(q5, state, s.k, sm_scale=sp.shape.sm_scale, chunk_len=cl)
+
+    def sel():
+        return select_vs(scores, state.q_end, state.dense, bud, sink=SINK_COLUMNS, local=LOCAL_DIAGONALS)
 
     scores = est()
-    sel = lambda: select_vs(scores, state.q_end, state.dense, bud, SINK_COLUMNS, LOCAL_DIAGONALS)  # noqa: E731
     v_idx, s_idx = sel()
     sel_in = lambda: (scores[0].clone(), scores[1].clone())  # noqa: E731  (the torch select modifies its inputs)
     clone = _ms(sel_in, iters)
@@ -170,7 +176,8 @@ def _stage_ms(sp, state, s, layer: int, iters: int) -> dict[str, float]:
         "estimate_passes": _ms(est, iters),
         "select_topk": _ms(sel, iters),
         "block_pattern_loop_bounds": _ms(
-            lambda: pattern_bounds(s_idx, v_idx, state.pieces, pp.key_blocks, pp.max_blocks, cl), iters),
+            lambda: pattern_bounds(s_idx, v_idx, state.pieces, num_key_blocks=pp.key_blocks,
+                                   max_blocks=pp.max_blocks, chunk_len=cl), iters),
         "select_topk_torch": _ms(lambda: select_vertical_slash(*sel_in(), state.q_end, bud), iters) - clone,
         "block_pattern_loop_bounds_torch": _ms(lambda: sp.build_pattern(state, v_idx, s_idx), iters),
     }
@@ -199,8 +206,8 @@ def _rel(a, b) -> float:
 
 def _check(ws, log) -> None:
     """Full budgets: both sparse designs must equal dense FlashInfer."""
-    from sgl_qwen1m.attention.vertical_slash import PAD
     from sgl_qwen1m.config import HeadBudget, SparseBudgets
+    from sgl_qwen1m.ops.sparse.plan import PAD
 
     s = _Setup(8192, 4096, ws)
     full = SparseBudgets(heads=((HeadBudget("vertical_and_slash", 8192, 8192),) * 28,))
@@ -208,7 +215,7 @@ def _check(ws, log) -> None:
     pat = s.synthetic_pattern(sp, state, 0, 0)
     assert int((pat.s_idx != PAD).sum()) == 28 * 8192
     ref, _ = s.run_dense()
-    ours, _ = sp.attend(state, pat, s.q, (s.k, s.v), s.r2t)
+    ours, _ = sp.attend(state, pat, s.q, (s.k, s.v))
     theirs = s.run_fwd_sparse(s.fwd_sparse_inputs(pat)())[0][0]
     e1, e2 = _rel(ours, ref), _rel(theirs, ref)
     log(f"ops-sparse check (full budgets, 8192 keys): qwen1m-sparse rel {e1:.2e}, fwd_sparse rel {e2:.2e}")
@@ -219,9 +226,10 @@ def _check(ws, log) -> None:
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     import torch
 
-    from sgl_qwen1m.attention.vertical_slash import BLOCK, computed_keys
     from sgl_qwen1m.bench.results import Results, collect_versions, command_line, gpu_name
     from sgl_qwen1m.config import SparseBudgets
+    from sgl_qwen1m.ops.sparse.plan import BLOCK
+    from sgl_qwen1m.ops.sparse.reference import computed_keys
 
     log = lambda m: print(m, flush=True)  # noqa: E731
     ws = torch.zeros(512 * 1024 * 1024, dtype=torch.uint8, device="cuda")
@@ -245,7 +253,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             pat = s.synthetic_pattern(sp, state, li, li)
             tot["flashinfer"] += dense_ms
             flops["flashinfer"] += 4 * s.d * s.h * causal_pairs
-            tot["qwen1m-sparse"] += _ms(lambda: sp.attend(state, pat, s.q, (s.k, s.v), s.r2t), args.iters)
+            tot["qwen1m-sparse"] += _ms(lambda: sp.attend(state, pat, s.q, (s.k, s.v)), args.iters)
             flops["qwen1m-sparse"] += 4 * s.d * BLOCK * float(computed_keys(state.plan, pat.dcnt, pat.vcnt).sum())
             convert = s.fwd_sparse_inputs(pat)
             idx = convert()
@@ -254,7 +262,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             bc, _, cc, _ = idx
             flops["sgl_kernel-fwd_sparse"] += 4 * s.d * BLOCK * float(bc.long().sum() * BLOCK + cc.long().sum())
             q5 = s.q5()
-            tot["estimate"] += _ms(lambda: sp.pattern(state, li, q5, s.k, s.r2t), args.iters)
+            tot["estimate"] += _ms(lambda: sp.pattern(state, li, q5, s.k), args.iters)
             if args.stage_breakdown:
                 for k, v in _stage_ms(sp, state, s, li, args.iters).items():
                     stages[k] = stages.get(k, 0.0) + v
@@ -284,7 +292,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             s = _Setup(end, end - i * args.chunk, ws, cfg)
             sp, state = s.prefill(budgets)
             li = layers[i % len(layers)]
-            total += _ms(lambda: sp.pattern(state, li, s.q5(), s.k, s.r2t), 3)
+            total += _ms(lambda: sp.pattern(state, li, s.q5(), s.k), 3)
             del s, sp, state
         est_s = total * budgets.num_layers / 1e3
         log(f"ops-sparse prefill {n}: pattern step of {chunks} chunks x {budgets.num_layers} layers = {est_s:.2f} s")

@@ -5,7 +5,7 @@ Legend: B batch, H heads (KV heads already repeated), T tokens, D head dim, C DC
 Queries of DCA chunk ``i`` (rows ``[iC, (i+1)C)``) see keys ``[0, (i-1)C)`` with ``q_inter``, ``[(i-1)C, iC)`` with
 ``q_succ`` and ``[iC, p]`` with ``q_intra`` (causal): one softmax over the concatenated logits per query chunk, so
 memory is that of causal attention, never ``3 x T x T``. Equals
-:func:`sgl_qwen1m.attention.reference.dca_attention_ref` (tested), but differentiable and batched.
+:func:`sgl_qwen1m.ops.dca.reference.dca_attention_ref` (tested), but differentiable and batched.
 """
 
 from __future__ import annotations

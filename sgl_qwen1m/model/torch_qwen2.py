@@ -7,8 +7,8 @@ D head dim (128), E hidden size, V vocab size, C DCA chunk length ``chunk_size -
   length this *is* DCA: any sequence of at most ``chunk_size`` tokens gets exactly plain-RoPE distances.
 * ``prefill`` / ``decode`` / ``generate`` are the inference reference with a KV cache, mirroring SGLang: with DCA,
   keys are cached rotated at ``p % C``; queries are rotated at the DCA variant positions of
-  :func:`sgl_qwen1m.attention.dca.dca_positions` and attention is
-  :func:`sgl_qwen1m.attention.reference.dca_attention_ref`
+  :func:`sgl_qwen1m.ops.dca.plan.dca_positions` and attention is
+  :func:`sgl_qwen1m.ops.dca.reference.dca_attention_ref`
   with the YaRN logit multiplier ``s(L)**2`` (``L`` = prompt length in prefill, cached + new length in decode).
   With ``impl="auto"`` a prefill of at most ``chunk_size`` tokens takes the exactly equivalent causal SDPA and a
   longer one the blocked form of :mod:`sgl_qwen1m.model.dca_train` (both tested equal to the reference);
@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sgl_qwen1m.attention.dca import dca_positions
-from sgl_qwen1m.attention.reference import dca_attention_ref
+from sgl_qwen1m.ops.dca.plan import dca_positions, yarn_logit_scale
+from sgl_qwen1m.ops.dca.reference import dca_attention_ref
 from sgl_qwen1m.config import DCAConfig
 from sgl_qwen1m.model.dca_train import dca_blocked_attention
 from sgl_qwen1m.model.spec import WEIGHTS_FILE, read_config
@@ -156,7 +156,7 @@ class TinyQwen2(nn.Module):
         """Logits ``[B, T, V]`` for token ids ``[B, T]``.
 
         ``dca=None``: plain RoPE, causal SDPA (== DCA for T <= chunk_size). With a ``dca`` config (training-time
-        augmentation with a chunk shorter than T): DCA positions, YaRN scale ``dca.yarn_scale(T)**2``, exact.
+        augmentation with a chunk shorter than T): DCA positions, YaRN logit scale ``yarn_logit_scale(T)``, exact.
         """
         b, t = ids.shape
         pos = torch.arange(t, device=ids.device)
@@ -166,7 +166,7 @@ class TinyQwen2(nn.Module):
             dp = dca_positions(pos, dca)
             q_cs = [rope_cos_sin(dp[n], self.head_dim, self.theta) for n in _Q_VARIANTS]
             cos, sin = rope_cos_sin(dp["k"], self.head_dim, self.theta)
-            scale = self.sm_scale * dca.yarn_scale(t) ** 2
+            scale = self.sm_scale * float(yarn_logit_scale(torch.tensor([t]), dca)[0])
         x = self.model.embed_tokens(ids)
         for layer in self.model.layers:
             a = layer.self_attn
@@ -200,7 +200,7 @@ class TinyQwen2(nn.Module):
         for storage, new tokens included); ``k_new [T, Hkv, D]`` are the new tokens' unrotated keys and
         ``pos [T]`` the queries' absolute positions. Returns ``[T, H, D]`` float32."""
         dca, d = self.dca, self.head_dim
-        logit_scale = dca.yarn_scale(scale_len) ** 2 if dca is not None else 1.0
+        logit_scale = float(yarn_logit_scale(torch.tensor([scale_len]), dca)[0])  # 1.0 without DCA
         n_keys, t = k.shape[0], q.shape[0]
         full_prefill = t == n_keys and int(pos[0]) == 0
         g = q.shape[1] // k.shape[1]

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from sgl_qwen1m.attention.dca import NUM_Q_VARIANTS, Segment
+from sgl_qwen1m.ops.dca.plan import NUM_Q_VARIANTS, Segment
 
 __all__ = ["SegmentTensors", "segment_tensors", "gather_kv_indices"]
 

@@ -10,7 +10,7 @@
   ``diag``) with vectorised binary searches over the sorted diagonal list, then the per-row-block loop bounds
   (``dcnt``, ``vcnt``) by binary searches over ``diag`` and the chosen columns.
 
-Both are exact integer rewrites of the torch references in :mod:`sgl_qwen1m.attention.vertical_slash`
+Both are exact integer rewrites of the torch references in :mod:`sgl_qwen1m.ops.sparse.reference`
 (``select_vertical_slash``, ``block_pattern``, ``loop_bounds``); ``tests/test_sparse_select.py`` checks equality.
 """
 
@@ -22,8 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from sgl_qwen1m.attention.kernels_sparse import splits_per_row
-from sgl_qwen1m.attention.vertical_slash import BLOCK, PAD, LayerBudget
+from sgl_qwen1m.ops.sparse.estimate import splits_per_row
+from sgl_qwen1m.ops.sparse.plan import BLOCK, PAD, LayerBudget
 
 __all__ = ["select_vs", "pattern_bounds"]
 
@@ -187,6 +187,7 @@ def select_vs(
     q_end: torch.Tensor,
     dense: torch.Tensor,
     budget: LayerBudget,
+    *,
     sink: int,
     local: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -289,7 +290,7 @@ def _pattern_kernel(
         tl.store(DCNT + base + 2, _count_less(drow, written, rb + 1, log_d), mask=ok)
         tl.store(VCNT + base, _count_less(vrow, KV, tl.zeros([BR], tl.int32) + prev, log_v), mask=ok)
         tl.store(VCNT + base + 1, _count_less(vrow, KV, tl.zeros([BR], tl.int32) + c0, log_v), mask=ok)
-        # intra columns stop where the leading band covers them (see vertical_slash.loop_bounds)
+        # intra columns stop where the leading band covers them (see reference.loop_bounds)
         tl.store(VCNT + base + 2, _count_less(vrow, KV, tl.maximum((rb - band + 1) * BLK, c0), log_v), mask=ok)
 
 
@@ -302,6 +303,7 @@ def pattern_bounds(
     s_idx: torch.Tensor,
     v_idx: torch.Tensor,
     pieces: torch.Tensor,
+    *,
     num_key_blocks: int,
     max_blocks: int,
     chunk_len: Optional[int],

@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from sgl_qwen1m.attention.dca import DCARopeCaches, stage_of
+from sgl_qwen1m.ops.dca.plan import DCARopeCaches, stage_of
 
 __all__ = ["dca_attention_ref", "merge_lse_ref", "dca_rope_ref", "LN2"]
 

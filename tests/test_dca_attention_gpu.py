@@ -1,4 +1,4 @@
-"""FlashInfer DCA wrapper against the fp32 oracle (needs CUDA + FlashInfer; skips cleanly otherwise).
+"""DCAAttention (FlashInfer) against the fp32 oracle (needs CUDA + FlashInfer; skips cleanly otherwise).
 
 A fake SGLang KV pool: random K/V in slots, a ``req_to_token`` table mapping request positions to shuffled
 slots. Errors are relative RMS ``||out - ref|| / ||ref||``; bf16 must stay <= 1e-2.
@@ -16,9 +16,9 @@ if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 flashinfer = pytest.importorskip("flashinfer")
 
-from sgl_qwen1m.attention.dca import RequestSpan, plan_extend, yarn_logit_scale  # noqa: E402
-from sgl_qwen1m.attention.reference import dca_attention_ref  # noqa: E402
-from sgl_qwen1m.attention.wrapper import DCAAttention, DCAShape  # noqa: E402
+from sgl_qwen1m.ops.dca.attention import DCAAttention  # noqa: E402
+from sgl_qwen1m.ops.dca.plan import DCAShape, RequestSpan, plan_extend, yarn_logit_scale  # noqa: E402
+from sgl_qwen1m.ops.dca.reference import dca_attention_ref  # noqa: E402
 from sgl_qwen1m.config import DCAConfig  # noqa: E402
 
 DEV = torch.device("cuda")

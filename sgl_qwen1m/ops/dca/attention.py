@@ -28,36 +28,19 @@ from flashinfer import (
     merge_states,
 )
 
-from sgl_qwen1m.attention.dca import (
+from sgl_qwen1m.ops.dca.plan import (
     NUM_Q_VARIANTS,
     DCAPlan,
+    DCAShape,
     Segment,
     decode_stage_valid,
     plan_decode,
     yarn_logit_scale,
 )
-from sgl_qwen1m.attention.indices import SegmentTensors, gather_kv_indices, segment_tensors
+from sgl_qwen1m.ops.dca.indices import SegmentTensors, gather_kv_indices, segment_tensors
 from sgl_qwen1m.config import DCAConfig
 
-__all__ = ["DCAShape", "ExtendState", "DecodeStep", "DCAAttention", "DecodeGraphState"]
-
-
-@dataclass(frozen=True)
-class DCAShape:
-    """Static attention shape of one model shard."""
-
-    num_qo_heads: int
-    num_kv_heads: int
-    head_dim: int
-    q_dtype: torch.dtype
-    kv_dtype: torch.dtype
-    sm_scale: float
-
-    def __post_init__(self) -> None:
-        if self.num_qo_heads % self.num_kv_heads:
-            raise ValueError(
-                f"num_qo_heads={self.num_qo_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"
-            )
+__all__ = ["ExtendState", "DecodeStep", "DCAAttention", "DecodeGraphState"]
 
 
 @dataclass
@@ -144,7 +127,7 @@ class DCAAttention:
         Parameters
         ----------
         plan : DCAPlan
-            From :func:`sgl_qwen1m.attention.dca.plan_extend` on host ints.
+            From :func:`sgl_qwen1m.ops.dca.plan.plan_extend` on host ints.
         req_to_token : torch.Tensor
             ``[R, max_context]`` int32 slot table.
         req_pool_indices : torch.Tensor
@@ -173,16 +156,26 @@ class DCAAttention:
             cross_scale = token_scale[tokens]
         return ExtendState(plan.num_tokens, cross, ns, tokens[:ns], tokens[ns:], token_scale, cross_scale)
 
-    def run_extend(self, state: ExtendState, q5: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def run_extend(
+        self,
+        state: ExtendState,
+        q5: torch.Tensor,
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        layer_id: int = 0,
+    ) -> torch.Tensor:
         """Attention output of a planned prefill batch for one layer.
 
         Parameters
         ----------
+        state : ExtendState
+            From :meth:`plan_extend` for this batch.
         q5 : torch.Tensor
             ``[T, 5 * H * D]`` SGLang's concatenated query variants (intra, succ, inter, 2 critical).
             Models without DCA pass ``[T, H * D]``.
         kv_cache : (k, v)
             ``[N, Hkv, D]`` each: the layer's KV pool, already holding the batch's new keys.
+        layer_id : int
+            Unused (every layer runs the same plan); the call shape of ``SparsePrefill.run_extend``.
 
         Returns
         -------

@@ -1,4 +1,4 @@
-"""Triton kernels. Each has an fp32 torch oracle in ``reference.py`` and a parametrized GPU test.
+"""Fused DCA RoPE (Triton). fp32 oracle: ``reference.dca_rope_ref``; tests: ``tests/test_rope.py``.
 
 ``dca_rope``: Dual Chunk Attention rotary embedding in one launch. SGLang's ``DualChunkRotaryEmbedding.forward``
 builds the five query rotations and the key rotation from about sixty unfused PyTorch ops per layer, which
@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sgl_qwen1m.attention.dca import DCARopeCaches
+from sgl_qwen1m.ops.dca.plan import DCARopeCaches
 
 __all__ = ["dca_rope"]
 
@@ -24,6 +24,18 @@ def _rotate_store(x1, x2, cache_ptr, row, j, out_ptr, offs_lo, offs_hi, mask, HA
     sin = tl.load(cache_ptr + row * (2 * HALF) + HALF + j).to(tl.float32)[None, :]
     tl.store(out_ptr + offs_lo, (x1 * cos - x2 * sin).to(out_ptr.dtype.element_ty), mask=mask)
     tl.store(out_ptr + offs_hi, (x2 * cos + x1 * sin).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _load_halves(ptr, row_stride, t, NH: tl.constexpr, NH_P2: tl.constexpr, HALF: tl.constexpr):
+    """Row ``t``'s ``NH`` heads as fp32 halves ``[NH_P2, HALF]`` (x1, x2), their mask and their head-major offsets."""
+    j = tl.arange(0, HALF)
+    h = tl.arange(0, NH_P2)
+    mask = (h < NH)[:, None]
+    src = ptr + t * row_stride + h[:, None] * (2 * HALF) + j[None, :]
+    x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(src + HALF, mask=mask, other=0.0).to(tl.float32)
+    return x1, x2, mask, h[:, None] * (2 * HALF) + j[None, :]
 
 
 @triton.jit
@@ -39,12 +51,7 @@ def _dca_rope_kernel(
     j = tl.arange(0, HALF)
     D: tl.constexpr = 2 * HALF
     # queries: [H, HALF] halves of every head
-    h = tl.arange(0, H_P2)
-    qmask = (h < H)[:, None]
-    src = q_ptr + t * q_row_stride + h[:, None] * D + j[None, :]
-    x1 = tl.load(src, mask=qmask, other=0.0).to(tl.float32)
-    x2 = tl.load(src + HALF, mask=qmask, other=0.0).to(tl.float32)
-    lo = h[:, None] * D + j[None, :]
+    x1, x2, qmask, lo = _load_halves(q_ptr, q_row_stride, t, H, H_P2, HALF)
     base = q_out_ptr + t * (5 * H * D)
     _rotate_store(x1, x2, q_cache, pc, j, base, lo, lo + HALF, qmask, HALF)
     _rotate_store(x1, x2, qc_cache, pc, j, base + H * D, lo, lo + HALF, qmask, HALF)
@@ -52,12 +59,7 @@ def _dca_rope_kernel(
     _rotate_store(x1, x2, qcn_cache, pc, j, base + 3 * H * D, lo, lo + HALF, qmask, HALF)
     _rotate_store(x1, x2, qi_cache, pc, j, base + 4 * H * D, lo, lo + HALF, qmask, HALF)
     # keys
-    g = tl.arange(0, HKV_P2)
-    kmask = (g < HKV)[:, None]
-    ksrc = k_ptr + t * k_row_stride + g[:, None] * D + j[None, :]
-    y1 = tl.load(ksrc, mask=kmask, other=0.0).to(tl.float32)
-    y2 = tl.load(ksrc + HALF, mask=kmask, other=0.0).to(tl.float32)
-    klo = g[:, None] * D + j[None, :]
+    y1, y2, kmask, klo = _load_halves(k_ptr, k_row_stride, t, HKV, HKV_P2, HALF)
     _rotate_store(y1, y2, k_cache, pos, j, k_out_ptr + t * (HKV * D), klo, klo + HALF, kmask, HALF)
 
 

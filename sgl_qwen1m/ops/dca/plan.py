@@ -1,4 +1,4 @@
-"""Dual Chunk Attention math in plain torch: position remapping, YaRN scale, and segment planning.
+"""Dual Chunk Attention math in plain torch: shape, position remapping, YaRN scale, and segment planning.
 
 Dimension legend: T = tokens in the batch (token-major, requests back to back), B = requests,
 H = query heads, Hkv = KV heads, D = head dim, C = ``chunk_len = chunk_size - local_size``.
@@ -28,6 +28,7 @@ import torch
 from sgl_qwen1m.config import DCAConfig
 
 __all__ = [
+    "DCAShape",
     "Stage",
     "Segment",
     "RequestSpan",
@@ -43,6 +44,24 @@ __all__ = [
 ]
 
 NUM_Q_VARIANTS = 5  # q, q_succ, q_inter, q_succ_critical, q_inter_critical (SGLang concatenates them on dim -1)
+
+
+@dataclass(frozen=True)
+class DCAShape:
+    """Static attention shape of one model shard (what both prefill operators are built from)."""
+
+    num_qo_heads: int
+    num_kv_heads: int
+    head_dim: int
+    q_dtype: torch.dtype
+    kv_dtype: torch.dtype
+    sm_scale: float
+
+    def __post_init__(self) -> None:
+        if self.num_qo_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_qo_heads={self.num_qo_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"
+            )
 
 
 class Stage(enum.IntEnum):

@@ -1,0 +1,1 @@
+"""Vertical-slash sparse prefill: plan -> estimate -> select -> attend (see :mod:`sgl_qwen1m.ops`)."""

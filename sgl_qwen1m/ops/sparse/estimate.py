@@ -1,0 +1,229 @@
+"""Triton estimation passes of vertical-slash sparse prefill on SGLang's paged KV pool (no K/V copies).
+
+``estimate_scores``: two passes over the keys of each piece (one query head per program, 64 estimation rows):
+pass 1 the fp32 log-sum-exp of every row, pass 2 the softmax column sums (vertical) and diagonal sums (slash).
+Workspace is ``[P, H, L]`` scores plus ``[P, H, S, 64]`` partials: no ``[H, 64, L]`` tensor. With DCA each pass
+walks the inter, succ and intra key regions in turn, each with its own query variant, so one query tile is live
+(selecting the variant per tile cost 41-44% of the estimation time, ``logs/estimate_regions_h100.log``).
+
+fp32 oracle: :func:`sgl_qwen1m.ops.sparse.reference.estimate_vs_ref`; tests: ``tests/test_sparse.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from sgl_qwen1m.ops.sparse._triton import LOG2E, _load_kv, _load_q, _tuned
+from sgl_qwen1m.ops.sparse.plan import BLOCK, SparseState
+
+__all__ = ["estimate_scores", "splits_per_row"]
+
+
+@triton.jit
+def _est_setup(PIECE, QS, sm_log2, s_kh, G: tl.constexpr, BM: tl.constexpr):
+    """This program's (head, piece, split), its KV-head offset, the piece metadata and the estimation rows (the
+    piece's last ``n`` queries) with their logit scale."""
+    h = tl.program_id(0)
+    p = tl.program_id(1)
+    sp = tl.program_id(2)
+    H = tl.num_programs(0)
+    meta = PIECE + p * 8
+    pool = tl.load(meta).to(tl.int64)
+    qrow0 = tl.load(meta + 1)
+    qpos0 = tl.load(meta + 2)
+    qlen = tl.load(meta + 3)
+    c0 = tl.load(meta + 4)
+    n = tl.load(meta + 5)
+    qend = qpos0 + qlen
+    i = tl.arange(0, BM)
+    rmask = i < n
+    pos = qend - n + i
+    trow = (qrow0 + qlen - n + i).to(tl.int64)
+    scale = tl.load(QS + trow, mask=rmask, other=0.0) * sm_log2
+    kvoff = (h // G) * s_kh
+    return h, p, sp, H, kvoff, pool, c0, n, qend, rmask, pos, trow, scale
+
+
+@triton.jit
+def _region(r: tl.constexpr, c0, cl, qend, DCA: tl.constexpr):
+    """Key range ``[lo, hi)`` of key region ``r`` of a piece whose DCA chunk starts at ``c0``, and the query variant
+    that scores it: inter ``[0, c0 - C)`` with ``q_inter_critical`` (4), succ ``[c0 - C, c0)`` with
+    ``q_succ_critical`` (3), intra ``[c0, qend)`` with ``q_intra`` (0). Without DCA only region 2 runs, over
+    ``[0, qend)``. Both estimation passes walk ``for r in tl.static_range(0 if DCA else 2, 3)`` (unrolled)."""
+    if r == 0:
+        return 0, tl.maximum(c0 - cl, 0), 4
+    elif r == 1:
+        return tl.maximum(c0 - cl, 0), c0, 3
+    else:
+        if DCA:
+            return c0, qend, 0
+        else:
+            return 0, qend, 0
+
+
+@triton.jit
+def _tile_range(lo, hi, sp, nsplit, BN: tl.constexpr):
+    """This split's first key tile of the column range ``[lo, hi)`` and the range's end tile: tiles
+    ``t = first, first + nsplit, ...`` below the end. ``lo`` is a tile boundary (``plan_pieces`` requires
+    ``chunk_len % BLOCK == 0``), so each tile lies in one DCA key region."""
+    t0 = lo // BN
+    return t0 + (sp - t0 % nsplit + nsplit) % nsplit, tl.cdiv(hi, BN)
+
+
+@triton.jit
+def _est_logits(q, scale, K, s_kn, kvoff, R2T, pool, s_r2t, t, qend, pos, rmask, BN: tl.constexpr, D: tl.constexpr):
+    c = t * BN
+    cols = c + tl.arange(0, BN)
+    cmask = cols < qend
+    slots = tl.load(R2T + pool * s_r2t + cols, mask=cmask, other=0).to(tl.int64)
+    k = _load_kv(K, s_kn, kvoff, slots, cmask, D)
+    s = tl.dot(q, tl.trans(k)) * scale[:, None]  # fp32 logits in log2 units
+    valid = rmask[:, None] & (cols[None, :] <= pos[:, None])
+    return tl.where(valid, s, float("-inf")), valid, cols, cmask, c
+
+
+@triton.jit
+def _lse_region(q, scale, m, l, lo, hi, sp, nsplit, K, s_kn, kvoff, R2T, pool, s_r2t, qend, pos, rmask,
+                BN: tl.constexpr, D: tl.constexpr):
+    """Running (max, sum) of the estimation rows over the key tiles of ``[lo, hi)`` that belong to split ``sp``."""
+    first, end = _tile_range(lo, hi, sp, nsplit, BN)
+    for t in range(first, end, nsplit):
+        s, valid, cols, cmask, c = _est_logits(q, scale, K, s_kn, kvoff, R2T, pool, s_r2t, t, qend, pos, rmask,
+                                               BN, D)
+        m_new = tl.maximum(m, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        l = l * tl.exp2(m - m_safe) + tl.sum(tl.exp2(s - m_safe[:, None]), 1)
+        m = m_new
+    return m, l
+
+
+@_tuned((2, 3, 4))
+@triton.jit
+def _est_lse_kernel(
+    Q, s_qt, s_qv, s_qh, QS, K, s_kn, s_kh, R2T, s_r2t, PIECE, ML, sm_log2, cl, nsplit,
+    G: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, DCA: tl.constexpr,
+):
+    """Pass 1. Key regions run one after the other with their own query variant (intra: 0; with DCA, succ keys:
+    the succ critical variant 3, inter keys: the inter critical variant 4), so one query tile is live at a time."""
+    h, p, sp, H, kvoff, pool, c0, n, qend, rmask, pos, trow, scale = _est_setup(PIECE, QS, sm_log2, s_kh, G, BM)
+    m = tl.full([BM], float("-inf"), tl.float32)
+    l = tl.zeros([BM], tl.float32)
+    for r in tl.static_range(0 if DCA else 2, 3):
+        lo, hi, var = _region(r, c0, cl, qend, DCA)
+        q = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, var, h, D)
+        m, l = _lse_region(q, scale, m, l, lo, hi, sp, nsplit, K, s_kn, kvoff, R2T, pool, s_r2t, qend, pos, rmask,
+                           BN, D)
+    out = ML + ((p * H + h) * nsplit + sp) * (2 * BM) + tl.arange(0, BM)
+    tl.store(out, m)
+    tl.store(out + BM, l)
+
+
+@triton.jit
+def _scores_region(q, scale, lse, lo, hi, sp, nsplit, K, s_kn, kvoff, R2T, pool, s_r2t, qend, n, pos, rmask,
+                   vbase, sbase, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr):
+    """Vertical (column) and slash (diagonal) softmax sums of the key tiles of ``[lo, hi)`` in split ``sp``."""
+    i = tl.arange(0, BM)
+    e = tl.arange(0, BN)
+    # out[i, e] = prob[i, i - e + BN - 1]: row-shifted so that each output column is one diagonal
+    j_lo = i[:, None] - e[None, :] + BN - 1
+    j_hi = j_lo - BN
+    ok_lo = (j_lo >= 0) & (j_lo < BN)
+    ok_hi = (j_hi >= 0) & (j_hi < BN)
+    first, end = _tile_range(lo, hi, sp, nsplit, BN)
+    for t in range(first, end, nsplit):
+        s, valid, cols, cmask, c = _est_logits(q, scale, K, s_kn, kvoff, R2T, pool, s_r2t, t, qend, pos, rmask,
+                                               BN, D)
+        pr = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
+        tl.store(vbase + cols, tl.sum(pr, 0), mask=cmask)
+        dlo = tl.sum(tl.where(ok_lo, tl.gather(pr, tl.where(ok_lo, j_lo, 0), axis=1), 0.0), 0)
+        dhi = tl.sum(tl.where(ok_hi, tl.gather(pr, tl.where(ok_hi, j_hi, 0), axis=1), 0.0), 0)
+        # diagonal o = pos_i - col = (qend - n - c) + (i - j), and i - j = e - (BN - 1) (+ BN for the high half)
+        o_lo = (qend - n - c) + e - (BN - 1)
+        o_hi = o_lo + BN
+        tl.atomic_add(sbase + o_lo, dlo, mask=(o_lo >= 0) & (o_lo < qend), sem="relaxed")
+        tl.atomic_add(sbase + o_hi, dhi, mask=(o_hi >= 0) & (o_hi < qend) & (e < BM - 1), sem="relaxed")
+
+
+@_tuned((2, 3, 4), reset=["SLASH"])
+@triton.jit
+def _est_scores_kernel(
+    Q, s_qt, s_qv, s_qh, QS, K, s_kn, s_kh, R2T, s_r2t, PIECE, LSE2, VERT, SLASH, s_sc_p, s_sc_h,
+    sm_log2, cl, nsplit,
+    G: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, DCA: tl.constexpr,
+):
+    """Pass 2, region by region as pass 1."""
+    h, p, sp, H, kvoff, pool, c0, n, qend, rmask, pos, trow, scale = _est_setup(PIECE, QS, sm_log2, s_kh, G, BM)
+    lse = tl.load(LSE2 + (p * H + h) * BM + tl.arange(0, BM), mask=rmask, other=0.0)
+    vbase = VERT + p * s_sc_p + h * s_sc_h
+    sbase = SLASH + p * s_sc_p + h * s_sc_h
+    for r in tl.static_range(0 if DCA else 2, 3):
+        lo, hi, var = _region(r, c0, cl, qend, DCA)
+        q = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, var, h, D)
+        _scores_region(q, scale, lse, lo, hi, sp, nsplit, K, s_kn, kvoff, R2T, pool, s_r2t, qend, n, pos, rmask,
+                       vbase, sbase, BM, BN, D)
+
+
+def splits_per_row(programs: int, tiles: int, device: torch.device) -> int:
+    """Programs per row (at most ``tiles``) so that about four programs run per SM when ``programs`` rows share
+    the GPU."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    return max(1, min(tiles, -(-4 * sms // max(programs, 1))))
+
+
+def estimate_scores(
+    q: torch.Tensor,
+    state: SparseState,
+    k_cache: torch.Tensor,
+    *,
+    sm_scale: float,
+    chunk_len: Optional[int],
+) -> torch.Tensor:
+    """Vertical and slash scores of every piece (see :mod:`sgl_qwen1m.ops.sparse.plan`).
+
+    Parameters
+    ----------
+    q : ``[T, V, H, D]`` query variants (``V == 5`` with DCA: intra, succ, inter, succ_critical, inter_critical).
+    state : SparseState
+        The batch's plan: ``q_scale`` ``[T]`` float32 per-token logit multiplier (YaRN ``s**2``; ones without),
+        ``req_to_token`` ``[R, ctx]`` int32 slot table, ``piece_table`` ``[P, 8]`` int32 (column 0 already mapped to
+        the request's row in ``req_to_token``), ``plan.max_len`` L, the longest ``q_end``.
+    k_cache : ``[N, Hkv, D]`` the layer's key pool.
+    sm_scale : softmax scale; chunk_len : DCA chunk length C, or None without DCA.
+
+    Returns
+    -------
+    ``[2, P, H, L]`` float32: vertical scores, then slash scores.
+    """
+    q_scale, req_to_token, piece_table = state.q_scale, state.req_to_token, state.piece_table
+    max_len = state.plan.max_len
+    t, nv, h, d = q.shape
+    hkv = k_cache.shape[1]
+    p = piece_table.shape[0]
+    dca = chunk_len is not None
+    if dca and nv < 5:
+        raise ValueError(f"estimate_scores: DCA needs the 5 query variants, got {nv}")
+    tiles = triton.cdiv(max_len, BLOCK)
+    ns = splits_per_row(h * p, tiles, q.device)
+    ml = torch.empty(p, h, ns, 2, BLOCK, dtype=torch.float32, device=q.device)
+    sm_log2 = sm_scale * LOG2E
+    cl = chunk_len if dca else 1 << 30
+    common = dict(G=h // hkv, D=d, BM=BLOCK, BN=BLOCK, DCA=dca)
+    grid = (h, p, ns)
+    _est_lse_kernel[grid](q, q.stride(0), q.stride(1), q.stride(2), q_scale, k_cache, k_cache.stride(0),
+                          k_cache.stride(1), req_to_token, req_to_token.stride(0), piece_table, ml, sm_log2, cl, ns,
+                          **common)
+    m, l = ml[:, :, :, 0], ml[:, :, :, 1]
+    mx = m.amax(dim=2, keepdim=True)
+    mx_safe = torch.where(torch.isinf(mx), torch.zeros_like(mx), mx)
+    lse2 = (mx_safe + torch.log2((l * torch.exp2(m - mx_safe)).sum(2, keepdim=True))).squeeze(2).contiguous()
+    # rows padded to whole tiles: row strides stay multiples of 16 whatever L is (one Triton specialisation)
+    scores = torch.zeros(2, p, h, tiles * BLOCK, dtype=torch.float32, device=q.device)[..., :max_len]
+    vert, slash = scores[0], scores[1]
+    _est_scores_kernel[grid](q, q.stride(0), q.stride(1), q.stride(2), q_scale, k_cache, k_cache.stride(0),
+                             k_cache.stride(1), req_to_token, req_to_token.stride(0), piece_table, lse2, vert, slash,
+                             vert.stride(0), vert.stride(1), sm_log2, cl, ns, **common)
+    return scores
