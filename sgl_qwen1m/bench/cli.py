@@ -133,7 +133,7 @@ def register(subparsers: Any) -> None:
         help="extra sgl.Engine/ServerArgs field (JSON value), repeatable",
     )
     e.add_argument("--no-plot", dest="plot", action="store_false", help="skip the PNG")
-    e.add_argument("--out", default="benchmarks/results/e2e_7b.json", help="results JSON (%(default)s)")
+    e.add_argument("--out", default="benchmarks/results/e2e/e2e_7b.json", help="results JSON (%(default)s)")
     _common(e, 0.80)
     e.set_defaults(handler=_run_e2e)
 
@@ -155,7 +155,7 @@ def register(subparsers: Any) -> None:
         metavar="ARG",
         help="extra launch_server argument, repeatable (e.g. --server-arg=--enable-metrics)",
     )
-    s.add_argument("--out", default="benchmarks/results/serve_smoke_600k.json")
+    s.add_argument("--out", default="benchmarks/results/serve-smoke/serve_smoke_600k.json")
     _common(s, 0.70)
     s.set_defaults(handler=_run_serve_smoke)
 

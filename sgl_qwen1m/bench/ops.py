@@ -1,6 +1,6 @@
 """Kernel-level decode benchmark: qwen1m's DCA decode against plain FlashInfer decode, same GPU, same run.
 
-``python -m sgl_qwen1m.bench ops-decode --lengths 131072,262144,600000 --out benchmarks/results/decode_ops.json``
+``python -m sgl_qwen1m bench ops-decode --lengths 131072,262144,600000 --out benchmarks/results/decode-ops/decode_ops.json``
 
 For each context length it builds a 7B-shaped KV pool (28 layers x 4 KV heads x 128, bf16, one pool per layer),
 checks qwen1m's output against plain attention (DCA with one chunk is plain attention; beyond a chunk boundary
@@ -23,7 +23,7 @@ def add_parser(sub: Any, parse_lengths: Any) -> None:
     p.add_argument("--layers", type=int, default=28)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--iters", type=int, default=50)
-    p.add_argument("--out", default="benchmarks/results/decode_ops.json")
+    p.add_argument("--out", default="benchmarks/results/decode-ops/decode_ops.json")
 
 
 def _graph_ms(fn, iters: int) -> float:

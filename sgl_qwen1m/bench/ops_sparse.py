@@ -1,6 +1,6 @@
 """Kernel-level sparse prefill: two vertical-slash designs against dense FlashInfer, same GPU, same run.
 
-``python -m sgl_qwen1m.bench ops-sparse --lengths 131072,262144 --chunk 16384 --out benchmarks/results/sparse_ops.json``
+``python -m sgl_qwen1m bench ops-sparse --lengths 131072,262144 --chunk 16384 --out benchmarks/results/sparse-ops/sparse_ops.json``
 
 Geometry: one prefill chunk of ``--chunk`` queries at the end of an ``n``-token context (what every chunk of a
 chunked prefill runs), 7B shape (28 query heads, 4 KV heads, 128), bf16, budgets of every layer of the real 7B
@@ -44,7 +44,7 @@ def add_parser(sub: Any, parse_lengths: Any) -> None:
                    help="run the sparse designs of this package in DCA mode with the model's "
                         "dual_chunk_attention_config (config.json beside --budgets), as the server does: five query "
                         "variants, three DCA stages; dense FlashInfer stays plain causal")
-    p.add_argument("--out", default="benchmarks/results/sparse_ops.json")
+    p.add_argument("--out", default="benchmarks/results/sparse-ops/sparse_ops.json")
 
 
 def _ms(fn, iters: int) -> float:

@@ -2,7 +2,7 @@
 
     python -m sgl_qwen1m demo                         # GPU + SGLang: qwen1m DCA vs flashinfer RoPE at 1x-16x
     python -m sgl_qwen1m demo --device cpu            # pure-torch reference path, small lengths
-    python -m sgl_qwen1m demo --multiples 1,8 --samples 50 --out benchmarks/results/demo.json
+    python -m sgl_qwen1m demo --multiples 1,8 --samples 50 --out benchmarks/results/tiny-model-accuracy/demo.json
 
     # SGLang Engine, qwen1m dense DCA, on the bundled model (GPU host)
     python -m sgl_qwen1m eval run --runner engine --attention-backend qwen1m --backend-name qwen1m-dense \\
@@ -47,7 +47,7 @@ def register(subparsers: Any) -> None:
     d.add_argument("--model", default=None, help="model directory (default: the bundled sgl_qwen1m/data/tiny-dca)")
     d.add_argument("--reference", action="store_true", help="use the pure-torch reference even on a GPU")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--out", default=None, help="write a results JSON (e.g. benchmarks/results/demo.json)")
+    d.add_argument("--out", default=None, help="write a results JSON (e.g. benchmarks/results/tiny-model-accuracy/demo.json)")
     d.add_argument(
         "--engine-arg",
         type=key_value,

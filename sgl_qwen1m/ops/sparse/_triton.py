@@ -16,7 +16,7 @@ LOG2E = 1.4426950408889634
 def _tuned(stages: tuple[int, ...], reset: Optional[list[str]] = None):
     """Autotune ``num_stages`` (4 warps: one warpgroup per 64-row tile) once per head shape; plain in the interpreter.
 
-    Measured on H100 (benchmarks/results/logs/tune_sparse_h100.log): 4 warps beat 8, and deeper pipelines hide the
+    Measured on H100 (benchmarks/results/sparse-ab-h100/tune_sparse_h100.log): 4 warps beat 8, and deeper pipelines hide the
     latency of the slot-table -> K/V gather chain (2 stages 21.6 ms, 4 stages 13.0 ms for one 16K-query chunk).
     """
 
