@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -196,6 +197,11 @@ class MemoryPlan:
         }
 
 
+def _weights_and_table_gib(shape: ModelShape, context_length: int, max_running_requests: int) -> tuple[float, float]:
+    """GiB of the weights and of SGLang's ``req_to_token`` table (int32, ``(mrr + 1) x (context_length + 4)``)."""
+    return shape.weight_bytes() / GIB, (max_running_requests + 1) * (context_length + 4) * 4 / GIB
+
+
 def plan_memory(
     shape: ModelShape,
     gpu_gib: float,
@@ -212,8 +218,7 @@ def plan_memory(
     activations, the FlashInfer workspace and the CUDA context share. ``kv_dtype_bytes``: 2 for bf16/fp16, 1 for fp8.
     """
     static = gpu_gib * mem_fraction_static
-    weights = shape.weight_bytes() / GIB
-    r2t = (max_running_requests + 1) * (context_length + 4) * 4 / GIB
+    weights, r2t = _weights_and_table_gib(shape, context_length, max_running_requests)
     pool_gib = max(0.0, static - weights - r2t)
     kv_token = shape.kv_bytes_per_token(kv_dtype_bytes)
     tokens = int(pool_gib * GIB // kv_token)
@@ -276,17 +281,33 @@ class StaticSplit:
     weights + ``req_to_token`` + KV pool + ``overhead_gib``.
     """
 
-    weights_gib: float
-    req_to_token_gib: float
+    plan: MemoryPlan
     kv_gib: float  # KV of one request of context_length tokens
     overhead_gib: float
     min_mfs: float
     max_mfs: float
-    mfs: float
-    plan: MemoryPlan
-    peak_gib: float
-    pool_ok: bool  # the pool holds context_length tokens
     room_ok: bool  # overhead + safety fit outside the static pool
+
+    @property
+    def mfs(self) -> float:
+        return self.plan.mem_fraction_static
+
+    @property
+    def weights_gib(self) -> float:
+        return self.plan.weights_gib
+
+    @property
+    def req_to_token_gib(self) -> float:
+        return self.plan.req_to_token_gib
+
+    @property
+    def peak_gib(self) -> float:
+        return self.plan.weights_gib + self.plan.req_to_token_gib + self.plan.kv_pool_gib + self.overhead_gib
+
+    @property
+    def pool_ok(self) -> bool:
+        """The pool holds ``context_length`` tokens."""
+        return self.plan.kv_pool_tokens >= self.plan.context_length
 
     @property
     def fits(self) -> bool:
@@ -311,8 +332,7 @@ def split_static(
     up to 0.05), at most ``max_mfs``; if the request cannot fit, the fraction it would need (rounded up to 0.01).
     """
     gpu, context, mrr = gpu_gib, context_length, max_running_requests
-    weights = shape.weight_bytes() / GIB
-    r2t = (mrr + 1) * (context + 4) * 4 / GIB
+    weights, r2t = _weights_and_table_gib(shape, context, mrr)
     kv_one = context * shape.kv_bytes_per_token(kv_dtype_bytes) / GIB
     overhead = prefill_overhead_gib(shape, chunked_prefill_size)
     mfs_min = (weights + r2t + kv_one) / gpu
@@ -323,18 +343,6 @@ def split_static(
     else:
         chosen = mem_fraction_static
     plan = plan_memory(shape, gpu, chosen, context, mrr, max_total_tokens, kv_dtype_bytes=kv_dtype_bytes)
-    peak = plan.weights_gib + plan.req_to_token_gib + plan.kv_pool_gib + overhead
-    headroom = gpu - peak
-    return StaticSplit(
-        weights_gib=weights,
-        req_to_token_gib=r2t,
-        kv_gib=kv_one,
-        overhead_gib=overhead,
-        min_mfs=mfs_min,
-        max_mfs=mfs_max,
-        mfs=chosen,
-        plan=plan,
-        peak_gib=peak,
-        pool_ok=plan.kv_pool_tokens >= context,
-        room_ok=gpu * (1 - chosen) >= overhead + safety_gib - 1e-9 and headroom >= safety_gib - 1e-9,
-    )
+    split = StaticSplit(plan, kv_one, overhead, mfs_min, mfs_max, room_ok=False)
+    room = gpu * (1 - chosen) >= overhead + safety_gib - 1e-9 and gpu - split.peak_gib >= safety_gib - 1e-9
+    return dataclasses.replace(split, room_ok=room)
