@@ -169,7 +169,8 @@ def validate_request_around(original, self, obj, input_ids, *args, **kwargs):
     ``ErrorResponse`` with code 400 (``openai/serving_base.py:114-119``); ``Engine.generate`` raises the ValueError to
     the caller. Nothing has been sent to the scheduler yet. Only qwen1m servers are changed: the hook reads
     ``self.server_args`` and calls straight through for any other attention backend. Multimodal requests are left
-    to SGLang (their ids are rewritten by the processor).
+    to SGLang (their ids are rewritten by the processor). The check runs before SGLang's length check, so with
+    ``--allow-auto-truncate`` an out-of-range id past the truncation point is rejected too.
     """
     if input_ids is not None and _qwen1m_server(self.server_args) and not _has_mm_input(obj):
         check_token_ids(input_ids, self.model_config.vocab_size)
