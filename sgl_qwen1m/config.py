@@ -28,6 +28,10 @@ __all__ = [
     "HeadBudget",
     "SparseBudgets",
     "ConfigError",
+    "KNOWN_DCA_KEYS",
+    "DCA_DEFAULTS",
+    "INT32_MAX",
+    "SPARSE_BLOCK",
     "sparse_budgets_from_hf",
 ]
 
@@ -38,6 +42,20 @@ SINK_COLUMNS = 30  # leading key columns always kept (MInference: attention sink
 LOCAL_DIAGONALS = 100  # trailing diagonals always kept (MInference: local window)
 VERTICAL_SLASH = "vertical_and_slash"  # the only pattern Qwen's budget files use
 _KNOWN_PATTERNS = (VERTICAL_SLASH,)
+SPARSE_BLOCK = 64  # sparse prefill's query/key block; DCA chunk_len must be a multiple (attention/vertical_slash.BLOCK)
+INT32_MAX = 2**31 - 1  # budgets travel in int32 tensors
+# Absent-key defaults, as in Qwen's vLLM fork and SGLang's in-tree backend (dual_chunk_flashattention_backend.py:139-160).
+DCA_DEFAULTS = {"chunk_size": 8192, "local_size": 1024, "original_max_position_embeddings": 0}
+# Every key Qwen's released configs carry (the first three), plus the sparse keys SGLang/vLLM read or inject.
+KNOWN_DCA_KEYS = (
+    "chunk_size",
+    "local_size",
+    "original_max_position_embeddings",
+    "sparse_attention_config",  # injected by SGLang/vLLM from sparse_attention_config.json
+    "sparse_attention_enabled",
+    "sparse_attention_threshold",
+    "sparse_attention_last_q",
+)
 
 
 class ConfigError(ValueError):
@@ -103,7 +121,8 @@ class DCAConfig:
         """Read ``dual_chunk_attention_config`` from an HF config (dict or object).
 
         Returns ``None`` when the model has no DCA config (plain RoPE attention).
-        Defaults for absent keys follow Qwen's implementation (chunk_size 8192, local_size 1024).
+        Defaults for absent keys follow Qwen's implementation (chunk_size 8192, local_size 1024); unknown keys
+        (e.g. a misspelled ``chunk_sise``) are a ConfigError listing :data:`KNOWN_DCA_KEYS`.
         """
         if isinstance(hf_config, Mapping):
             raw = hf_config.get("dual_chunk_attention_config")
@@ -118,13 +137,21 @@ class DCAConfig:
         where = "dual_chunk_attention_config"
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{where} must be a JSON object, got {type(raw).__name__}")
+        unknown = [k for k in raw if k not in KNOWN_DCA_KEYS]
+        if unknown:
+            raise ConfigError(
+                f"{where} in config.json has unknown key(s) {unknown} (a misspelling would silently fall back to a "
+                f"default); known keys: {list(KNOWN_DCA_KEYS)}"
+            )
         enabled = raw.get("sparse_attention_enabled", raw.get("sparse_attention_config") is not None)
         if not isinstance(enabled, bool):
             raise ConfigError(f"{where}.sparse_attention_enabled must be true or false, got {enabled!r}")
         return cls(
-            chunk_size=_int_field(raw, "chunk_size", 8192, where),
-            local_size=_int_field(raw, "local_size", 1024, where),
-            original_max_position_embeddings=_int_field(raw, "original_max_position_embeddings", 0, where),
+            chunk_size=_int_field(raw, "chunk_size", DCA_DEFAULTS["chunk_size"], where),
+            local_size=_int_field(raw, "local_size", DCA_DEFAULTS["local_size"], where),
+            original_max_position_embeddings=_int_field(
+                raw, "original_max_position_embeddings", DCA_DEFAULTS["original_max_position_embeddings"], where
+            ),
             sparse_attention_enabled=enabled,
             sparse_attention_threshold=_int_field(
                 raw, "sparse_attention_threshold", DEFAULT_SPARSE_THRESHOLD, where
@@ -226,11 +253,18 @@ def _parse_head(entry: Sequence[Any], where: str) -> HeadBudget:
         raise ConfigError(f"{where} pattern {pattern!r} is unknown; supported: {list(_KNOWN_PATTERNS)}")
     for name, value in (("vertical_size", vertical), ("slash_size", slash)):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} {name} must be an integer, got {value!r}")
+            raise ConfigError(f"{where} {name} must be an integer in [0, {INT32_MAX}], got {value!r}")
         if value < 0:
             raise ConfigError(f"{where} {name} must be >= 0, got {value}")
+        if value > INT32_MAX:
+            raise ConfigError(
+                f"{where} {name}={value} exceeds the int32 limit {INT32_MAX} (budgets are int32 on the GPU); "
+                f"fix {name} in sparse_attention_config.json"
+            )
     if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
         raise ConfigError(f"{where} score must be a number or null, got {score!r}")
+    if isinstance(score, float) and not math.isfinite(score):
+        raise ConfigError(f"{where} score must be finite or null, got {score!r}")
     return HeadBudget(pattern=pattern, vertical=vertical, slash=slash, score=score)
 
 

@@ -155,6 +155,7 @@ def test_register_twice_is_a_noop(sglang):
     for target, fn in [
         (hooks.DCA_GUARD_TARGET, hooks.dca_guard_around),
         (hooks.ATTN_COMPAT_TARGET, hooks.attention_compat_after),
+        (hooks.SPARSE_JSON_TARGET, hooks.sparse_file_json_around),
     ]:
         ours = [h for _, h, _ in HookRegistry._hooks.get(target, []) if h is fn]  # no public query exists
         assert len(ours) == 1, target

@@ -77,6 +77,8 @@ class Qwen1MAttnBackend(AttentionBackend):
             raise ValueError(
                 f"attention backend 'qwen1m' supports KV cache dtypes {SUPPORTED_KV_DTYPES}, got {kv_dtype}"
             )
+        if model_runner.page_size != 1:  # second line of defence; rejected at launch (validation.check_launch)
+            raise ValueError(f"attention backend 'qwen1m' needs --page-size 1, got {model_runner.page_size}")
         shape = DCAShape(
             num_qo_heads=mc.get_num_attention_heads(tp),
             num_kv_heads=mc.get_num_kv_heads(tp),

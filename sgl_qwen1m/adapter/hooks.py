@@ -1,4 +1,8 @@
-"""ServerArgs hooks that make ``--attention-backend qwen1m`` a valid, safe configuration.
+"""SGLang hooks that make ``--attention-backend qwen1m`` a valid, safe configuration.
+
+ServerArgs hooks check the launch configuration before any weight loads; ``validate_request_around`` range-checks
+every request's token ids before they reach the GPU; ``sparse_file_json_around`` names the file in SGLang's JSON
+error. The rules themselves live in ``sgl_qwen1m/validation.py`` (no SGLang import, CPU-tested).
 
 Each hook is a small named function installed through SGLang's ``HookRegistry`` by ``plugin.register``. Hooks run
 inside ``ServerArgs.__post_init__`` (in the launcher / ``Engine`` process only; the scheduler receives the pickled
@@ -10,8 +14,12 @@ assigned directly, as SGLang's own handler does, because ``ServerArgs`` becomes 
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Any
+import os
+from typing import Any, Optional
+
+from sgl_qwen1m.validation import SPARSE_CONFIG_FILE, as_mapping, check_launch, check_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +28,8 @@ QWEN1M = "qwen1m"
 # Dotted hook targets (checked for existence in plugin.register; SGLang 0.5.23 removed the first one).
 DCA_GUARD_TARGET = "sglang.srt.arg_groups.overrides._attention_backend_dual_chunk"
 ATTN_COMPAT_TARGET = "sglang.srt.server_args.ServerArgs._handle_attention_backend_compatibility"
+VALIDATE_REQUEST_TARGET = "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request"
+SPARSE_JSON_TARGET = "sglang.srt.configs.model_config.ModelConfig._verify_dual_chunk_attention_config"
 
 
 def selected_backends(view: Any) -> tuple[str | None, str | None, str | None]:
@@ -83,8 +93,111 @@ def attention_compat_after(result: Any, server_args: Any, *args, **kwargs) -> No
     if QWEN1M in selected_backends(view):
         _require_qwen1m_on_both_phases(view)
         _reject_speculative_decoding(view)
+        check_launch_config(server_args, view)
         graphs = server_args.cuda_graph_config.prefill
         if graphs.backend != Backend.DISABLED:
-            logger.info("sgl_qwen1m: prefill CUDA graphs %s -> disabled for the qwen1m backend", graphs.backend)
+            logger.info(
+                "sgl_qwen1m: prefill CUDA graphs (--cuda-graph-backend-prefill %s) -> disabled for the qwen1m "
+                "backend (DCA's query is 5x wider than the graph's output buffer); decode graphs stay on",
+                graphs.backend,
+            )
             graphs.backend = Backend.DISABLED
+        if server_args.enable_mixed_chunk:
+            logger.warning(
+                "sgl_qwen1m: --enable-mixed-chunk -> off for the qwen1m backend (it plans prefill and decode batches "
+                "separately; mixed batches are not implemented)"
+            )
         server_args.enable_mixed_chunk = False
+
+
+def _sparse_file_of(model_path: str, revision: Optional[str] = None) -> Optional[str]:
+    """Local path of the model's sparse_attention_config.json: the directory itself, or SGLang's HF download cache."""
+    if os.path.isdir(model_path):
+        return os.path.join(model_path, SPARSE_CONFIG_FILE)
+    try:  # SGLang has already downloaded the repo's *.json (utils/hf_transformers/common.py:512-514)
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(model_path, SPARSE_CONFIG_FILE, revision=revision)
+    except Exception:  # noqa: BLE001 - no hub client or a malformed repo id: SGLang's own (injected) copy is checked
+        return None
+    return found if isinstance(found, str) else None
+
+
+def check_launch_config(server_args: Any, view: Any) -> None:
+    """Run ``sgl_qwen1m.validation.check_launch`` on the resolving ServerArgs (before any weight loads).
+
+    Reads the model's HF config through ``get_model_config()`` (already built by earlier handlers in 0.5.17), into
+    which SGLang has injected ``sparse_attention_config.json`` as ``dual_chunk_attention_config
+    ["sparse_attention_config"]`` (``configs/model_config.py:1538-1553``). Raises ConfigError (a ValueError, which
+    ``launch_server`` reports as a usage error); logs the warnings.
+    """
+    model_config = server_args.get_model_config()
+    model_dtype = str(model_config.dtype).removeprefix("torch.")
+    warnings = check_launch(
+        as_mapping(model_config.hf_config),
+        page_size=view.page_size,
+        pp_size=view.pp_size,
+        tp_size=view.tp_size,
+        kv_cache_dtype=view.kv_cache_dtype,
+        model_dtype=model_dtype,
+        context_len=model_config.context_len,
+        sparse_file=_sparse_file_of(model_config.model_path, getattr(model_config, "revision", None)),
+    )
+    for message in warnings:
+        logger.warning("sgl_qwen1m: %s", message)
+
+
+def _qwen1m_server(server_args: Any) -> bool:
+    names = (getattr(server_args, f, None) for f in ("attention_backend", "prefill_attention_backend",
+                                                      "decode_attention_backend"))
+    return QWEN1M in names
+
+
+def validate_request_around(original, self, obj, input_ids, *args, **kwargs):
+    """AROUND hook: range-check token ids before SGLang's own request checks, on qwen1m servers only.
+
+    Upstream: ``sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request`` (SGLang 0.5.17,
+    tokenizer_manager.py:1140). Every entry point reaches it with the final ``input_ids``: ``/generate`` and the
+    OpenAI-compatible routes (``_tokenize_one_request``, line 1135; batches at 1482) and ``sgl.Engine.generate``
+    (same TokenizerManager, in-process). SGLang range-checks only ``token_ids_logprob``; its
+    ``_validate_input_ids_in_vocab`` (line 1296) is never called, so an id outside ``[0, vocab_size)`` reaches the
+    embedding gather and a CUDA device-side assert kills the scheduler (docs/upstream-bugs.md).
+
+    The ValueError raised here becomes a 400, and the server keeps serving: ``/generate`` returns
+    ``{"error": {"message": ...}}`` with status 400 (``http_server.py:917-919``, ``_create_error_response`` at 2049;
+    a streamed request gets one ``data: {"error": ...}`` event, 886-902); the OpenAI routes return an
+    ``ErrorResponse`` with code 400 (``openai/serving_base.py:114-119``); ``Engine.generate`` raises the ValueError to
+    the caller. Nothing has been sent to the scheduler yet. Only qwen1m servers are changed: the hook reads
+    ``self.server_args`` and calls straight through for any other attention backend. Multimodal requests are left
+    to SGLang (their ids are rewritten by the processor). The check runs before SGLang's length check, so with
+    ``--allow-auto-truncate`` an out-of-range id past the truncation point is rejected too.
+    """
+    if input_ids is not None and _qwen1m_server(self.server_args) and not _has_mm_input(obj):
+        check_token_ids(input_ids, self.model_config.vocab_size)
+    return original(self, obj, input_ids, *args, **kwargs)
+
+
+def _has_mm_input(obj: Any) -> bool:
+    contains = getattr(obj, "contains_mm_input", None)
+    return bool(contains()) if callable(contains) else False
+
+
+def sparse_file_json_around(original, self, *args, **kwargs):
+    """AROUND hook: name the file when ``sparse_attention_config.json`` is not valid JSON.
+
+    Upstream: ``sglang.srt.configs.model_config.ModelConfig._verify_dual_chunk_attention_config`` (SGLang 0.5.17,
+    model_config.py:1538) reads the file with a bare ``json.load`` (``utils/hf_transformers/common.py:520-521``)
+    while ``ServerArgs`` is resolved, before qwen1m's ServerArgs hook can run, so a broken file was a bare
+    ``JSONDecodeError``. This hook runs for every backend (ModelConfig does not know the backend) but changes only
+    the text of that error: it is still a ValueError, now naming the file, line and column.
+    """
+    try:
+        return original(self, *args, **kwargs)
+    except json.JSONDecodeError as e:
+        from sgl_qwen1m.config import ConfigError
+
+        path = _sparse_file_of(self.model_path) or f"{SPARSE_CONFIG_FILE} of {self.model_path}"
+        raise ConfigError(
+            f"{path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}). Fix it, or delete it to run "
+            f"dense prefill."
+        ) from None

@@ -9,7 +9,8 @@ SGLang's ``load_plugins()`` calls ``register()`` with no arguments in every proc
 each scheduler), then ``HookRegistry.apply_hooks()``. ``register()`` is therefore idempotent and cheap: it touches no
 CUDA and imports the backend (and with it FlashInfer) only when SGLang's model runner builds it. It uses only
 SGLang's documented extension points: ``add_attention_backend_choices``, ``register_attention_backend`` and
-``HookRegistry``. Call ``sglang.srt.plugins.load_plugins()`` rather than ``register()`` when building ``ServerArgs``
+``HookRegistry`` (four hooks, each registered only if its target exists in the installed SGLang, logged otherwise:
+the DCA guard, the ServerArgs launch checks, the token-id check, the sparse-file JSON error). Call ``sglang.srt.plugins.load_plugins()`` rather than ``register()`` when building ``ServerArgs``
 yourself (e.g. before ``sgl.Runtime``): that also applies the hooks.
 
 Note that ``load_plugins()`` only *logs* exceptions raised here; a failed registration then shows up as
@@ -21,7 +22,13 @@ from __future__ import annotations
 import logging
 import os
 
-from sgl_qwen1m.adapter.hooks import ATTN_COMPAT_TARGET, DCA_GUARD_TARGET, QWEN1M
+from sgl_qwen1m.adapter.hooks import (
+    ATTN_COMPAT_TARGET,
+    DCA_GUARD_TARGET,
+    QWEN1M,
+    SPARSE_JSON_TARGET,
+    VALIDATE_REQUEST_TARGET,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -122,3 +129,12 @@ def register() -> None:
         if_missing="qwen1m's ServerArgs constraints are NOT enforced: pass --cuda-graph-backend-prefill disabled, "
         "keep --enable-mixed-chunk off and do not use speculative decoding.",
     )
+    # Token ids are range-checked before they reach the GPU (only on qwen1m servers; see hooks.validate_request_around).
+    _register_hook(
+        VALIDATE_REQUEST_TARGET,
+        hooks.validate_request_around,
+        HookType.AROUND,
+        if_missing="token ids are NOT range-checked: an id outside the vocabulary can crash the server.",
+    )
+    # Only renames SGLang's bare JSONDecodeError for a broken sparse_attention_config.json.
+    _register_hook(SPARSE_JSON_TARGET, hooks.sparse_file_json_around, HookType.AROUND)
