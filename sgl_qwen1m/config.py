@@ -42,7 +42,7 @@ SINK_COLUMNS = 30  # leading key columns always kept (MInference: attention sink
 LOCAL_DIAGONALS = 100  # trailing diagonals always kept (MInference: local window)
 VERTICAL_SLASH = "vertical_and_slash"  # the only pattern Qwen's budget files use
 _KNOWN_PATTERNS = (VERTICAL_SLASH,)
-SPARSE_BLOCK = 64  # sparse prefill's query/key block; DCA chunk_len must be a multiple (attention/vertical_slash.BLOCK)
+SPARSE_BLOCK = 64  # sparse prefill's query/key tile (ops.sparse.plan.BLOCK); DCA chunk_len must be a multiple
 INT32_MAX = 2**31 - 1  # budgets travel in int32 tensors
 # Absent-key defaults, as in Qwen's vLLM fork and SGLang's in-tree backend (dual_chunk_flashattention_backend.py:139-160).
 DCA_DEFAULTS = {"chunk_size": 8192, "local_size": 1024, "original_max_position_embeddings": 0}

@@ -33,7 +33,7 @@ from typing import Optional, Sequence
 import torch
 
 from sgl_qwen1m.ops.dca.plan import DCAPlan, RequestSpan
-from sgl_qwen1m.config import DCAConfig, SparseBudgets
+from sgl_qwen1m.config import SPARSE_BLOCK, DCAConfig, SparseBudgets
 
 __all__ = [
     "BLOCK",
@@ -48,7 +48,7 @@ __all__ = [
     "SparsePattern",
 ]
 
-BLOCK = 64  # query rows and key columns per tile; DCA chunk_len must be a multiple of it for the sparse path
+BLOCK = SPARSE_BLOCK  # query rows and key columns per tile; DCA chunk_len must be a multiple of it (config checks it)
 PAD = 2**31 - 1  # index padding (sorts last)
 _FORCED = 128.0  # above any real score: a column/diagonal sum over <= 64 softmax rows is <= 64
 # Query variant used to *score* keys of each DCA stage (intra, succ, inter): the continuous-position variants
