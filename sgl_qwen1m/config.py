@@ -14,6 +14,7 @@ Nothing here imports SGLang, Triton or FlashInfer.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
