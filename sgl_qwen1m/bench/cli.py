@@ -1,4 +1,4 @@
-"""Arguments of ``python -m sgl_qwen1m bench {e2e,serve-smoke,ops-decode,ops-sparse,plot,plan}`` and of the
+"""Arguments of ``python -m sgl_qwen1m bench {e2e,serve-smoke,reliability,ops-decode,ops-sparse,plot,plan}`` and of the
 top-level ``python -m sgl_qwen1m plan`` (the same planner): :func:`register` and :func:`register_plan`, called by
 :mod:`sgl_qwen1m.cli`.
 ``python -m sgl_qwen1m.bench ...`` is the same command line.
@@ -15,7 +15,7 @@ from sgl_qwen1m.sizing import ModelShape, auto_context_length, plan_memory, pref
 
 from .backends import SPECS, default_model_dirs, parse_backends
 
-__all__ = ["register", "register_plan", "e2e_options", "serve_options"]
+__all__ = ["register", "register_plan", "e2e_options", "serve_options", "reliability_options"]
 
 _DESCRIPTION = """\
 Benchmarks of sgl_qwen1m on SGLang 0.5.17 with dummy weights (random, same shapes and kernels as the real model).
@@ -24,6 +24,9 @@ Benchmarks of sgl_qwen1m on SGLang 0.5.17 with dummy weights (random, same shape
                (flashinfer, dual_chunk_flash_attn, qwen1m-dense, qwen1m-sparse); one sgl.Engine per backend,
                each in its own worker process; a correctness check on a short prompt runs before any timing.
   serve-smoke  one long request (default 600K tokens) through `python -m sglang.launch_server`.
+  reliability  hostile requests against one launch_server (bad ids and types, over the context and the KV pool,
+               dropped streams, aborts, concurrency over the pool, radix-cache prefix pair); each must leave the
+               server alive, its KV pool idle and the next request served.
   plot         TTFT vs prompt length with the arithmetic floor, from a results JSON (needs matplotlib).
   plan         FLOP floor and SGLang memory split for given lengths (CPU only).
 """
@@ -92,12 +95,13 @@ def register(subparsers: Any) -> None:
     """
     ap = subparsers.add_parser(
         "bench",
-        help="benchmarks on SGLang with dummy weights: e2e, serve-smoke, ops-decode, ops-sparse, plot, plan",
+        help="benchmarks on SGLang with dummy weights: e2e, serve-smoke, reliability, ops-decode, ops-sparse, plot, "
+        "plan",
         description=_DESCRIPTION,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = ap.add_subparsers(required=True, metavar="{e2e,serve-smoke,ops-decode,ops-sparse,plot,plan}")
+    sub = ap.add_subparsers(required=True, metavar="{e2e,serve-smoke,reliability,ops-decode,ops-sparse,plot,plan}")
 
     e = sub.add_parser("e2e", help="TTFT / decode step / peak memory per backend through sgl.Engine (dummy weights)")
     e.add_argument(
@@ -159,6 +163,8 @@ def register(subparsers: Any) -> None:
     _common(s, 0.70)
     s.set_defaults(handler=_run_serve_smoke)
 
+    _reliability_arguments(sub.add_parser("reliability", help="hostile requests against one launch_server"))
+
     p = sub.add_parser("plot", help="(re)draw the TTFT plot of one or more results JSONs")
     p.add_argument("json", nargs="+", help="results files; with several, a row of an earlier file wins on ties")
     p.add_argument("--out", default="", help="PNG path (default: beside the first JSON)")
@@ -180,6 +186,25 @@ def register(subparsers: Any) -> None:
     w.add_argument("--options", required=True)
     w.add_argument("--backend", required=True, choices=list(SPECS))
     w.set_defaults(handler=_run_worker)
+
+
+def _reliability_arguments(r: argparse.ArgumentParser) -> None:
+    r.add_argument("--backend", choices=["qwen1m-sparse", "qwen1m-dense"], default="qwen1m-sparse")
+    r.add_argument("--port", type=int, default=0, help="0 = a free port")
+    r.add_argument("--url", default="", help="test an already running server on loopback instead (no launch)")
+    r.add_argument("--start-timeout-s", type=float, default=240.0)
+    r.add_argument("--request-timeout-s", type=float, default=60.0, help="per simple request (%(default)s)")
+    r.add_argument("--idle-timeout-s", type=float, default=60.0, help="wait for the KV pool to drain (%(default)s)")
+    r.add_argument("--max-restarts", type=int, default=2, help="restarts after the server dies (%(default)s)")
+    r.add_argument("--log-file", default="", help="server log (default <work-dir>/<out stem>.server.log)")
+    r.add_argument("--log-level", default="info", help="server --log-level (%(default)s)")
+    r.add_argument("--server-arg", dest="server_args", action="append", default=[], metavar="ARG",
+                   help="extra launch_server argument, repeatable")
+    r.add_argument("--size", dest="sizes", type=key_value, action="append", default=[], metavar="FIELD=N",
+                   help="override a case size of sgl_qwen1m.bench.reliability_cases.Sizes, e.g. concurrent=2")
+    r.add_argument("--out", default="benchmarks/results/reliability-h200/reliability_h200.json")
+    _common(r, 0.70)
+    r.set_defaults(handler=_run_reliability, context_length=245760, max_total_tokens=204800, deadline_s=540.0)
 
 
 _PLAN_HELP = "print FLOP floors and the memory split for given lengths (no GPU)"
@@ -240,6 +265,26 @@ def _run_serve_smoke(ns: argparse.Namespace, argv: list[str]) -> int:
     from .serve import run_serve_smoke
 
     return run_serve_smoke(serve_options(ns), argv)
+
+
+def reliability_options(ns: argparse.Namespace) -> "Any":
+    """Namespace -> :class:`ReliabilityOptions`."""
+    from .reliability import ReliabilityOptions
+    from .reliability_cases import Sizes
+
+    keys = {k: v for k, v in vars(ns).items() if k in ReliabilityOptions.__dataclass_fields__}
+    keys["sizes"] = dict(ns.sizes)
+    for k, v in keys["sizes"].items():
+        if k not in Sizes.__dataclass_fields__ or not isinstance(v, int) or v <= 0:
+            raise SystemExit(f"--size {k}={v}: expected FIELD=N with N > 0 and FIELD one of "
+                             f"{', '.join(Sizes.__dataclass_fields__)}")
+    return ReliabilityOptions(**keys)
+
+
+def _run_reliability(ns: argparse.Namespace, argv: list[str]) -> int:
+    from .reliability import run_reliability
+
+    return run_reliability(reliability_options(ns), argv)
 
 
 def _run_plot(ns: argparse.Namespace, argv: list[str]) -> int:
