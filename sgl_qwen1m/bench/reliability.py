@@ -477,6 +477,7 @@ def run_reliability(opts: ReliabilityOptions, argv: Optional[list[str]] = None) 
             if dead and not opts.url and server.starts <= opts.max_restarts and deadline.allows(
                     opts.start_timeout_s + case.budget_s):
                 server.stop()
+                time.sleep(5.0)  # let the dead server's processes hand back the GPU
                 log(f"restarting the server ({dead})")
                 try:
                     server.start(opts.start_timeout_s)

@@ -169,16 +169,16 @@ def build_cases(sizes: Sizes, seed: int = 0) -> list[Case]:
                tokens=n, budget=150.0)
     cases.append(Case("stream_drop_mid_prefill",
                       f"a streamed {s.stream_drop_tokens}-token request whose client disconnects mid-prefill",
-                      kind="stream_drop", prompt_tokens=s.stream_drop_tokens, budget_s=120.0,
+                      kind="stream_drop", prompt_tokens=s.stream_drop_tokens, budget_s=90.0,
                       params={"drop_after_s": 2.0}))
     cases.append(Case("abort_queued",
                       f"{s.max_running_requests} x {s.queued_long_tokens} tokens running, one more queued, "
                       "then aborted through /abort_request",
-                      kind="abort_queued", prompt_tokens=s.queued_long_tokens, budget_s=150.0))
+                      kind="abort_queued", prompt_tokens=s.queued_long_tokens, budget_s=120.0))
     total = s.concurrent * s.concurrent_tokens
     cases.append(Case("concurrent_over_pool",
                       f"{s.concurrent} x {s.concurrent_tokens} tokens at once = {total} > pool {s.max_total_tokens}",
-                      kind="concurrent_over_pool", prompt_tokens=s.concurrent_tokens, budget_s=240.0))
+                      kind="concurrent_over_pool", prompt_tokens=s.concurrent_tokens, budget_s=180.0))
     for label, chunks in (("dense", 2), ("sparse", 5)):
         prefix = chunks * s.chunk
         if label == "sparse" and prefix + s.radix_suffix_tokens <= s.sparse_threshold:
@@ -187,7 +187,7 @@ def build_cases(sizes: Sizes, seed: int = 0) -> list[Case]:
         cases.append(Case(f"radix_prefix_{label}",
                           f"P+A then P+B (P {prefix} tokens from the radix cache) vs P+B after /flush_cache: "
                           "same greedy tokens",
-                          kind="radix_prefix", prompt_tokens=n, budget_s=120.0, params={"prefix_tokens": prefix}))
+                          kind="radix_prefix", prompt_tokens=n, budget_s=90.0, params={"prefix_tokens": prefix}))
     return cases
 
 
