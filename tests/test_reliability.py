@@ -175,7 +175,9 @@ def test_cli_parses_reliability_options() -> None:
     assert opts.context_length == 245760 and opts.max_total_tokens == 204800 and opts.deadline_s == 540
     assert opts.out == "benchmarks/results/reliability-h200/reliability_h200.json"
     assert opts.backend == "qwen1m-sparse" and opts.chunked_prefill_size == 8192 and opts.max_running_requests == 4
-    with pytest.raises(SystemExit):
+    from sgl_qwen1m.args import CommandError
+
+    with pytest.raises(CommandError, match="nonsense"):
         reliability_options(build_parser().parse_args(["bench", "reliability", "--size", "nonsense=3"]))
 
 

@@ -10,7 +10,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from sgl_qwen1m.args import key_value, length_or_zero, lengths
+from sgl_qwen1m.args import (
+    CommandError,
+    key_value,
+    length_or_zero,
+    lengths,
+    positive_float,
+    positive_int,
+    unit_fraction,
+)
 from sgl_qwen1m.sizing import ModelShape, auto_context_length, plan_memory, prefill_floor_s
 
 from .backends import SPECS, default_model_dirs, parse_backends
@@ -58,13 +66,18 @@ def _common(p: argparse.ArgumentParser, mfs: float) -> None:
     p.add_argument(
         "--context-length", type=int, default=0, help="default: longest prompt + new tokens + 1024, rounded up to 4096"
     )
-    p.add_argument("--chunked-prefill-size", type=int, default=8192, help="tokens per prefill chunk (%(default)s)")
     p.add_argument(
-        "--mem-fraction-static", type=float, default=mfs, help="weights + KV pool share of GPU memory (%(default)s)"
+        "--chunked-prefill-size", type=positive_int, default=8192, help="tokens per prefill chunk (%(default)s)"
+    )
+    p.add_argument(
+        "--mem-fraction-static",
+        type=unit_fraction,
+        default=mfs,
+        help="weights + KV pool share of GPU memory, in (0, 1) (%(default)s)",
     )
     p.add_argument(
         "--max-running-requests",
-        type=int,
+        type=positive_int,
         default=4,
         help="bounds SGLang's req_to_token table (rows x context x 4 B; 2048 rows if unset) (%(default)s)",
     )
@@ -114,17 +127,19 @@ def register(subparsers: Any) -> None:
     e.add_argument(
         "--decode-at", type=length_or_zero, default=262144, help="prompt length of the decode timing (0 = none)"
     )
-    e.add_argument("--decode-tokens", type=int, default=32, help="decode steps timed (%(default)s)")
+    e.add_argument("--decode-tokens", type=positive_int, default=32, help="decode steps timed (%(default)s)")
     e.add_argument(
         "--decode-method",
         choices=("stream", "diff"),
         default="stream",
         help="stream: one streamed request, prefix from the radix cache; diff: (t(N+1)-t(1))/N",
     )
-    e.add_argument("--repeats", type=int, default=1, help="TTFT samples per length; the median is reported")
+    e.add_argument("--repeats", type=positive_int, default=1, help="TTFT samples per length; the median is reported")
     e.add_argument("--check-tokens", type=int, default=1024, help="prompt of the pre-timing correctness check")
     e.add_argument("--warmup-tokens", type=int, default=40960, help="warm-up prompt (> 32K so sparse paths compile)")
-    e.add_argument("--peak-tflops", type=float, default=800.0, help="for the arithmetic floor (H100 dense bf16 ~800)")
+    e.add_argument(
+        "--peak-tflops", type=positive_float, default=800.0, help="for the arithmetic floor (H100 dense bf16 ~800)"
+    )
     e.add_argument("--backend-timeout-s", type=float, default=1800.0, help="kill a backend's worker after this long")
     e.add_argument("--time-unchecked", action="store_true", help="time a backend even if its check failed")
     e.add_argument("--log-level", default="warning", help="SGLang log level inside the Engine (%(default)s)")
@@ -145,7 +160,7 @@ def register(subparsers: Any) -> None:
     serve_backends = [n for n, sp in SPECS.items() if sp.decode and sp.weights == "dummy"]  # no -local over HTTP
     s.add_argument("--backend", choices=serve_backends, default="qwen1m-sparse")
     s.add_argument("--prompt-tokens", type=length_or_zero, default=600_000)
-    s.add_argument("--new-tokens", type=int, default=32)
+    s.add_argument("--new-tokens", type=positive_int, default=32)
     s.add_argument("--port", type=int, default=0, help="0 = a free port")
     s.add_argument("--start-timeout-s", type=float, default=300.0)
     s.add_argument("--request-timeout-s", type=float, default=480.0)
@@ -217,11 +232,13 @@ def register_plan(subparsers: Any) -> None:
 
 def _plan_arguments(f: argparse.ArgumentParser) -> None:
     f.add_argument("--lengths", type=lengths, default=[131072, 262144, 524288, 1048576])
-    f.add_argument("--model", default=str(default_model_dirs()["dca"]))
-    f.add_argument("--peak-tflops", type=float, default=800.0)
-    f.add_argument("--gpu-gib", type=float, default=79.1, help="free GPU memory at start (H100 80GB: ~79.1)")
-    f.add_argument("--mem-fraction-static", type=float, default=0.80)
-    f.add_argument("--max-running-requests", type=int, default=4)
+    f.add_argument("--model", default=str(default_model_dirs()["dca"]), help="model directory with config.json")
+    f.add_argument("--peak-tflops", type=positive_float, default=800.0)
+    f.add_argument(
+        "--gpu-gib", type=positive_float, default=79.1, help="free GPU memory at start (H100 80GB: ~79.1)"
+    )
+    f.add_argument("--mem-fraction-static", type=unit_fraction, default=0.80, help="in (0, 1)")
+    f.add_argument("--max-running-requests", type=positive_int, default=4)
     f.set_defaults(handler=_run_plan)
 
 
@@ -242,7 +259,12 @@ def serve_options(ns: argparse.Namespace) -> "Any":
 
 
 def _run_plan(ns: argparse.Namespace, argv: list[str]) -> int:
-    shape = ModelShape.from_dir(ns.model)
+    if not (Path(ns.model) / "config.json").is_file():
+        raise CommandError(f"--model {ns.model}: no config.json there (give a Hugging Face model directory)")
+    try:
+        shape = ModelShape.from_dir(ns.model)
+    except (ValueError, KeyError, TypeError) as e:
+        raise CommandError(f"--model {ns.model}: cannot read its config.json ({type(e).__name__}: {e})") from None
     print(f"{'tokens':>9} {'floor_s':>8} {'ctx':>9} {'pool_tok':>9} {'pool_GiB':>8} {'headroom':>8} fits")
     for n in ns.lengths:
         ctx = auto_context_length(n, 33)
@@ -276,8 +298,8 @@ def reliability_options(ns: argparse.Namespace) -> "Any":
     keys["sizes"] = dict(ns.sizes)
     for k, v in keys["sizes"].items():
         if k not in Sizes.__dataclass_fields__ or not isinstance(v, int) or v <= 0:
-            raise SystemExit(f"--size {k}={v}: expected FIELD=N with N > 0 and FIELD one of "
-                             f"{', '.join(Sizes.__dataclass_fields__)}")
+            raise CommandError(f"--size {k}={v}: expected FIELD=N with N > 0 and FIELD one of "
+                               f"{', '.join(Sizes.__dataclass_fields__)}", exit_code=2)
     return ReliabilityOptions(**keys)
 
 
