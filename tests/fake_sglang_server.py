@@ -29,6 +29,9 @@ ap.add_argument("--max-total-tokens", type=int)
 args, rest = ap.parse_known_args()
 assert "--skip-tokenizer-init" in rest and "dummy" in rest and "qwen1m" in rest, rest
 print("fake server starting", rest, flush=True)
+if os.environ.get("FAKE_EXIT_AT_START"):
+    print("torch.OutOfMemoryError: CUDA out of memory (fake)", flush=True)
+    sys.exit(1)
 T0 = time.time()
 VOCAB = 152064
 MS = float(os.environ.get("FAKE_MS_PER_TOKEN", "1.0"))

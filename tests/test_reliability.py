@@ -181,6 +181,28 @@ def test_cli_parses_reliability_options() -> None:
         reliability_options(build_parser().parse_args(["bench", "reliability", "--size", "nonsense=3"]))
 
 
+def _fake_sglang(tmp_path: Path) -> Path:
+    pkg = tmp_path / "sglang"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    shutil.copy(ROOT / "tests" / "fake_sglang_server.py", pkg / "launch_server.py")
+    return tmp_path
+
+
+def test_a_server_that_never_starts_gives_rows_not_a_traceback(tmp_path: Path) -> None:
+    out = tmp_path / "rel.json"
+    env = {"PYTHONPATH": f"{_fake_sglang(tmp_path)}:{ROOT}", "PATH": "/usr/bin:/bin", "FAKE_EXIT_AT_START": "1"}
+    proc = subprocess.run([sys.executable, "-m", "sgl_qwen1m", "bench", "reliability", "--out", str(out),
+                           "--work-dir", str(tmp_path / "w"), "--start-timeout-s", "20"],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    assert results.validate(data) == []
+    rows = [r for r in data["rows"] if r["metric"] == "survived"]
+    assert len(rows) >= 15 and all(r["value"] is None and "server exited" in r["error"] for r in rows)
+    assert "CUDA out of memory (fake)" in data["backends"]["qwen1m-sparse"]["server_log_tail"]
+
+
 _SMALL = ["--context-length", "4000", "--max-total-tokens", "3000", "--chunked-prefill-size", "256",
           "--size", "stream_drop_tokens=2500", "--size", "queued_long_tokens=700", "--size", "concurrent_tokens=1200",
           "--size", "normal_tokens=32", "--size", "sparse_threshold=600", "--size", "radix_suffix_tokens=64"]
@@ -191,12 +213,8 @@ def test_suite_end_to_end_against_the_fake_server(tmp_path: Path) -> None:
     """The whole command against tests/fake_sglang_server.py (a transport double that dies on the id 2**40, as
     an unpatched SGLang does): every other case survives, the dead one scores 0, the server is restarted, rows
     validate, the table prints, the log lands beside the JSON."""
-    pkg = tmp_path / "sglang"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    shutil.copy(ROOT / "tests" / "fake_sglang_server.py", pkg / "launch_server.py")
     out = tmp_path / "res" / "rel.json"
-    env = {"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": "/usr/bin:/bin", "FAKE_DIE_ON_HUGE_ID": "1",
+    env = {"PYTHONPATH": f"{_fake_sglang(tmp_path)}:{ROOT}", "PATH": "/usr/bin:/bin", "FAKE_DIE_ON_HUGE_ID": "1",
            "FAKE_MS_PER_TOKEN": "1.5"}
     argv = [sys.executable, "-m", "sgl_qwen1m", "bench", "reliability", "--out", str(out), "--work-dir",
             str(tmp_path / "work"), "--start-timeout-s", "30", "--idle-timeout-s", "15", "--deadline-s", "400",
@@ -210,7 +228,8 @@ def test_suite_end_to_end_against_the_fake_server(tmp_path: Path) -> None:
     assert len(rows) >= 15 and set(rows) == set(data["reliability_config"]["cases"])
     dead = rows.pop("ids_huge")
     assert dead["value"] == 0 and dead["server_alive"] is False and dead["outcome"] == "no answer"
-    failed = {k: (r.get("outcome"), r.get("response"), r.get("idle_detail")) for k, r in rows.items() if r["value"] != 1}
+    failed = {k: (r.get("outcome"), r.get("response"), r.get("idle_detail"))
+              for k, r in rows.items() if r["value"] != 1}
     assert not failed, log
     for r in rows.values():
         assert r["next_request_ok"] is True and r["mem_back_to_idle"] is True and r["backend"].startswith("qwen1m-")

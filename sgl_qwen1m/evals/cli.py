@@ -43,7 +43,13 @@ def register(subparsers: Any) -> None:
         default=None,
         help="lengths as multiples of the training length (GPU 1,4,8,16; CPU 1,2,4)",
     )
-    d.add_argument("--tasks", type=task_list, default=None, help="comma-separated (default passkey, what the bundled model was trained on; also niah_single, niah_multikey, niah_multivalue, variable_tracking)")
+    d.add_argument(
+        "--tasks",
+        type=task_list,
+        default=None,
+        help="comma-separated (default passkey, what the bundled model was trained on; also niah_single, "
+        "niah_multikey, niah_multivalue, variable_tracking)",
+    )
     d.add_argument("--model", default=None, help="model directory (default: the bundled sgl_qwen1m/data/tiny-dca)")
     d.add_argument("--reference", action="store_true", help="use the pure-torch reference even on a GPU")
     d.add_argument("--seed", type=int, default=0)

@@ -128,7 +128,7 @@ class HttpRunner:
         """Raise :class:`sgl_qwen1m.args.CommandError` naming the URL unless ``{url}/health`` answers 200."""
         from sgl_qwen1m.args import CommandError
 
-        hint = "start one with `python -m sglang.launch_server --model-path ... --attention-backend qwen1m` or fix --url"
+        hint = "start one (python -m sglang.launch_server --model-path ... --attention-backend qwen1m) or fix --url"
         try:
             with urllib.request.urlopen(f"{self.url}/health", timeout=timeout) as resp:
                 if resp.status == 200:
