@@ -172,7 +172,7 @@ def test_cli_parses_reliability_options() -> None:
     ns = build_parser().parse_args(["bench", "reliability", "--size", "concurrent=2", "--max-restarts", "0"])
     opts = reliability_options(ns)
     assert opts.sizes == {"concurrent": 2} and opts.max_restarts == 0
-    assert opts.context_length == 245760 and opts.max_total_tokens == 204800 and opts.deadline_s == 540
+    assert opts.context_length == 245760 and opts.max_total_tokens == 204800 and opts.deadline_s == 500
     assert opts.out == "benchmarks/results/reliability-h200/reliability_h200.json"
     assert opts.backend == "qwen1m-sparse" and opts.chunked_prefill_size == 8192 and opts.max_running_requests == 4
     from sgl_qwen1m.args import CommandError

@@ -219,7 +219,7 @@ def _reliability_arguments(r: argparse.ArgumentParser) -> None:
                    help="override a case size of sgl_qwen1m.bench.reliability_cases.Sizes, e.g. concurrent=2")
     r.add_argument("--out", default="benchmarks/results/reliability-h200/reliability_h200.json")
     _common(r, 0.70)
-    r.set_defaults(handler=_run_reliability, context_length=245760, max_total_tokens=204800, deadline_s=540.0)
+    r.set_defaults(handler=_run_reliability, context_length=245760, max_total_tokens=204800, deadline_s=500.0)
 
 
 _PLAN_HELP = "print FLOP floors and the memory split for given lengths (no GPU)"

@@ -52,7 +52,7 @@ class ReliabilityOptions(ServeOptions):
     start_timeout_s: float = 240.0
     request_timeout_s: float = 60.0
     idle_timeout_s: float = 60.0
-    deadline_s: float = 540.0
+    deadline_s: float = 500.0
     max_restarts: int = 2
     url: str = ""  # an already running server: no launch (nothing restarted)
     sizes: dict[str, int] = field(default_factory=dict)  # overrides of Sizes fields (tests use small ones)
