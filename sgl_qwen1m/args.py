@@ -6,6 +6,11 @@ Each raises ``argparse.ArgumentTypeError`` naming the bad value, which argparse 
     length_or_zero("256K")          -> 262144; "0" -> 0 (none)
     positive_floats("1,4,8.5")      -> [1.0, 4.0, 8.5]
     key_value("disable_cuda_graph=true") -> ("disable_cuda_graph", True)   (JSON value, else the string)
+    positive_int("8") -> 8;  positive_float("79.1") -> 79.1;  unit_fraction("0.7") -> 0.7   (in (0, 1))
+
+A verb's handler raises :class:`CommandError` for what only shows when it runs (an unreachable server, a model
+directory without ``config.json``): :func:`sgl_qwen1m.cli.main` prints it as ``<prog> <verb>: error: <message>``
+and exits with its ``exit_code`` (1), no traceback.
 
 Imports nothing from the rest of the package.
 """
@@ -17,7 +22,57 @@ import json
 import math
 from typing import Any
 
-__all__ = ["lengths", "length_or_zero", "positive_floats", "key_value"]
+__all__ = [
+    "lengths",
+    "length_or_zero",
+    "positive_floats",
+    "key_value",
+    "positive_int",
+    "positive_float",
+    "unit_fraction",
+    "CommandError",
+]
+
+
+class CommandError(Exception):
+    """A clear, user-facing failure of a verb (printed without a traceback); ``exit_code`` 1 unless given."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def positive_int(text: str) -> int:
+    """An integer > 0 (``"8"``; not ``"0"``, ``"-1"``, ``"1.5"``)."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer > 0, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected an integer > 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def unit_fraction(text: str) -> float:
+    """A fraction strictly between 0 and 1 (``--mem-fraction-static``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1) (share of GPU memory), got {text!r}")
+    return value
 
 
 def _length(raw: str) -> int:

@@ -2,13 +2,14 @@
 
     python -m sgl_qwen1m demo [--device cpu]            # DCA vs plain RoPE past the training length (evals/cli.py)
     python -m sgl_qwen1m eval {run,agree} ...           # accuracy harness (evals/cli.py)
-    python -m sgl_qwen1m bench {e2e,serve-smoke,ops-decode,ops-sparse,plot,plan} ...   # benchmarks (bench/cli.py)
+    python -m sgl_qwen1m bench {e2e,serve-smoke,reliability,ops-decode,ops-sparse,plot,plan} ...   # (bench/cli.py)
     python -m sgl_qwen1m train --out DIR ...            # train the tiny model (model/cli.py, model/train.py)
     python -m sgl_qwen1m model {export-rope-variant,export-sparse-variant,info,write-config} ...   (model/cli.py)
     python -m sgl_qwen1m plan --lengths 128K,1M         # FLOP floor + memory split, no GPU (= bench plan)
 
 ``python -m sgl_qwen1m.bench ...`` is kept as ``python -m sgl_qwen1m bench ...`` (committed results record it).
-Every leaf parser sets ``handler(ns, argv) -> int`` (``argv``: the words after the verb); :func:`main` calls it.
+Every leaf parser sets ``handler(ns, argv) -> int`` (``argv``: the words after the verb); :func:`main` calls it
+and prints a :class:`sgl_qwen1m.args.CommandError` as ``<prog> <verb>: error: ...`` (exit 1, no traceback).
 Building the parser imports no SGLang, torch or Triton.
 """
 
@@ -18,6 +19,7 @@ import argparse
 import sys
 from typing import Any, Optional, Sequence
 
+from sgl_qwen1m.args import CommandError
 from sgl_qwen1m.bench import cli as bench_cli
 from sgl_qwen1m.evals import cli as evals_cli
 from sgl_qwen1m.model import cli as model_cli
@@ -50,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), run the chosen verb, return its exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
-    ns = build_parser().parse_args(args)
+    parser = build_parser()
+    ns = parser.parse_args(args)
     handler = vars(ns).pop("handler")
-    return handler(ns, args[1:]) or 0
+    try:
+        return handler(ns, args[1:]) or 0
+    except CommandError as e:  # a clear message, no traceback
+        verbs = " ".join(a for a in args[:2] if not a.startswith("-"))
+        print(f"{parser.prog} {verbs}: error: {e}", file=sys.stderr)
+        return e.exit_code

@@ -1,4 +1,4 @@
-"""Arguments of ``python -m sgl_qwen1m bench {e2e,serve-smoke,ops-decode,ops-sparse,plot,plan}`` and of the
+"""Arguments of ``python -m sgl_qwen1m bench {e2e,serve-smoke,reliability,ops-decode,ops-sparse,plot,plan}`` and of the
 top-level ``python -m sgl_qwen1m plan`` (the same planner): :func:`register` and :func:`register_plan`, called by
 :mod:`sgl_qwen1m.cli`.
 ``python -m sgl_qwen1m.bench ...`` is the same command line.
@@ -10,12 +10,20 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from sgl_qwen1m.args import key_value, length_or_zero, lengths
+from sgl_qwen1m.args import (
+    CommandError,
+    key_value,
+    length_or_zero,
+    lengths,
+    positive_float,
+    positive_int,
+    unit_fraction,
+)
 from sgl_qwen1m.sizing import ModelShape, auto_context_length, plan_memory, prefill_floor_s
 
 from .backends import SPECS, default_model_dirs, parse_backends
 
-__all__ = ["register", "register_plan", "e2e_options", "serve_options"]
+__all__ = ["register", "register_plan", "e2e_options", "serve_options", "reliability_options"]
 
 _DESCRIPTION = """\
 Benchmarks of sgl_qwen1m on SGLang 0.5.17 with dummy weights (random, same shapes and kernels as the real model).
@@ -24,6 +32,9 @@ Benchmarks of sgl_qwen1m on SGLang 0.5.17 with dummy weights (random, same shape
                (flashinfer, dual_chunk_flash_attn, qwen1m-dense, qwen1m-sparse); one sgl.Engine per backend,
                each in its own worker process; a correctness check on a short prompt runs before any timing.
   serve-smoke  one long request (default 600K tokens) through `python -m sglang.launch_server`.
+  reliability  hostile requests against one launch_server (bad ids and types, over the context and the KV pool,
+               dropped streams, aborts, concurrency over the pool, radix-cache prefix pair); each must leave the
+               server alive, its KV pool idle and the next request served.
   plot         TTFT vs prompt length with the arithmetic floor, from a results JSON (needs matplotlib).
   plan         FLOP floor and SGLang memory split for given lengths (CPU only).
 """
@@ -55,13 +66,18 @@ def _common(p: argparse.ArgumentParser, mfs: float) -> None:
     p.add_argument(
         "--context-length", type=int, default=0, help="default: longest prompt + new tokens + 1024, rounded up to 4096"
     )
-    p.add_argument("--chunked-prefill-size", type=int, default=8192, help="tokens per prefill chunk (%(default)s)")
     p.add_argument(
-        "--mem-fraction-static", type=float, default=mfs, help="weights + KV pool share of GPU memory (%(default)s)"
+        "--chunked-prefill-size", type=positive_int, default=8192, help="tokens per prefill chunk (%(default)s)"
+    )
+    p.add_argument(
+        "--mem-fraction-static",
+        type=unit_fraction,
+        default=mfs,
+        help="weights + KV pool share of GPU memory, in (0, 1) (%(default)s)",
     )
     p.add_argument(
         "--max-running-requests",
-        type=int,
+        type=positive_int,
         default=4,
         help="bounds SGLang's req_to_token table (rows x context x 4 B; 2048 rows if unset) (%(default)s)",
     )
@@ -92,12 +108,13 @@ def register(subparsers: Any) -> None:
     """
     ap = subparsers.add_parser(
         "bench",
-        help="benchmarks on SGLang with dummy weights: e2e, serve-smoke, ops-decode, ops-sparse, plot, plan",
+        help="benchmarks on SGLang with dummy weights: e2e, serve-smoke, reliability, ops-decode, ops-sparse, plot, "
+        "plan",
         description=_DESCRIPTION,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = ap.add_subparsers(required=True, metavar="{e2e,serve-smoke,ops-decode,ops-sparse,plot,plan}")
+    sub = ap.add_subparsers(required=True, metavar="{e2e,serve-smoke,reliability,ops-decode,ops-sparse,plot,plan}")
 
     e = sub.add_parser("e2e", help="TTFT / decode step / peak memory per backend through sgl.Engine (dummy weights)")
     e.add_argument(
@@ -110,17 +127,19 @@ def register(subparsers: Any) -> None:
     e.add_argument(
         "--decode-at", type=length_or_zero, default=262144, help="prompt length of the decode timing (0 = none)"
     )
-    e.add_argument("--decode-tokens", type=int, default=32, help="decode steps timed (%(default)s)")
+    e.add_argument("--decode-tokens", type=positive_int, default=32, help="decode steps timed (%(default)s)")
     e.add_argument(
         "--decode-method",
         choices=("stream", "diff"),
         default="stream",
         help="stream: one streamed request, prefix from the radix cache; diff: (t(N+1)-t(1))/N",
     )
-    e.add_argument("--repeats", type=int, default=1, help="TTFT samples per length; the median is reported")
+    e.add_argument("--repeats", type=positive_int, default=1, help="TTFT samples per length; the median is reported")
     e.add_argument("--check-tokens", type=int, default=1024, help="prompt of the pre-timing correctness check")
     e.add_argument("--warmup-tokens", type=int, default=40960, help="warm-up prompt (> 32K so sparse paths compile)")
-    e.add_argument("--peak-tflops", type=float, default=800.0, help="for the arithmetic floor (H100 dense bf16 ~800)")
+    e.add_argument(
+        "--peak-tflops", type=positive_float, default=800.0, help="for the arithmetic floor (H100 dense bf16 ~800)"
+    )
     e.add_argument("--backend-timeout-s", type=float, default=1800.0, help="kill a backend's worker after this long")
     e.add_argument("--time-unchecked", action="store_true", help="time a backend even if its check failed")
     e.add_argument("--log-level", default="warning", help="SGLang log level inside the Engine (%(default)s)")
@@ -141,7 +160,7 @@ def register(subparsers: Any) -> None:
     serve_backends = [n for n, sp in SPECS.items() if sp.decode and sp.weights == "dummy"]  # no -local over HTTP
     s.add_argument("--backend", choices=serve_backends, default="qwen1m-sparse")
     s.add_argument("--prompt-tokens", type=length_or_zero, default=600_000)
-    s.add_argument("--new-tokens", type=int, default=32)
+    s.add_argument("--new-tokens", type=positive_int, default=32)
     s.add_argument("--port", type=int, default=0, help="0 = a free port")
     s.add_argument("--start-timeout-s", type=float, default=300.0)
     s.add_argument("--request-timeout-s", type=float, default=480.0)
@@ -158,6 +177,8 @@ def register(subparsers: Any) -> None:
     s.add_argument("--out", default="benchmarks/results/serve-smoke/serve_smoke_600k.json")
     _common(s, 0.70)
     s.set_defaults(handler=_run_serve_smoke)
+
+    _reliability_arguments(sub.add_parser("reliability", help="hostile requests against one launch_server"))
 
     p = sub.add_parser("plot", help="(re)draw the TTFT plot of one or more results JSONs")
     p.add_argument("json", nargs="+", help="results files; with several, a row of an earlier file wins on ties")
@@ -182,6 +203,25 @@ def register(subparsers: Any) -> None:
     w.set_defaults(handler=_run_worker)
 
 
+def _reliability_arguments(r: argparse.ArgumentParser) -> None:
+    r.add_argument("--backend", choices=["qwen1m-sparse", "qwen1m-dense"], default="qwen1m-sparse")
+    r.add_argument("--port", type=int, default=0, help="0 = a free port")
+    r.add_argument("--url", default="", help="test an already running server on loopback instead (no launch)")
+    r.add_argument("--start-timeout-s", type=float, default=240.0)
+    r.add_argument("--request-timeout-s", type=float, default=60.0, help="per simple request (%(default)s)")
+    r.add_argument("--idle-timeout-s", type=float, default=60.0, help="wait for the KV pool to drain (%(default)s)")
+    r.add_argument("--max-restarts", type=int, default=2, help="restarts after the server dies (%(default)s)")
+    r.add_argument("--log-file", default="", help="server log (default <work-dir>/<out stem>.server.log)")
+    r.add_argument("--log-level", default="info", help="server --log-level (%(default)s)")
+    r.add_argument("--server-arg", dest="server_args", action="append", default=[], metavar="ARG",
+                   help="extra launch_server argument, repeatable")
+    r.add_argument("--size", dest="sizes", type=key_value, action="append", default=[], metavar="FIELD=N",
+                   help="override a case size of sgl_qwen1m.bench.reliability_cases.Sizes, e.g. concurrent=2")
+    r.add_argument("--out", default="benchmarks/results/reliability-h200/reliability_h200.json")
+    _common(r, 0.70)
+    r.set_defaults(handler=_run_reliability, context_length=245760, max_total_tokens=204800, deadline_s=500.0)
+
+
 _PLAN_HELP = "print FLOP floors and the memory split for given lengths (no GPU)"
 
 
@@ -192,11 +232,13 @@ def register_plan(subparsers: Any) -> None:
 
 def _plan_arguments(f: argparse.ArgumentParser) -> None:
     f.add_argument("--lengths", type=lengths, default=[131072, 262144, 524288, 1048576])
-    f.add_argument("--model", default=str(default_model_dirs()["dca"]))
-    f.add_argument("--peak-tflops", type=float, default=800.0)
-    f.add_argument("--gpu-gib", type=float, default=79.1, help="free GPU memory at start (H100 80GB: ~79.1)")
-    f.add_argument("--mem-fraction-static", type=float, default=0.80)
-    f.add_argument("--max-running-requests", type=int, default=4)
+    f.add_argument("--model", default=str(default_model_dirs()["dca"]), help="model directory with config.json")
+    f.add_argument("--peak-tflops", type=positive_float, default=800.0)
+    f.add_argument(
+        "--gpu-gib", type=positive_float, default=79.1, help="free GPU memory at start (H100 80GB: ~79.1)"
+    )
+    f.add_argument("--mem-fraction-static", type=unit_fraction, default=0.80, help="in (0, 1)")
+    f.add_argument("--max-running-requests", type=positive_int, default=4)
     f.set_defaults(handler=_run_plan)
 
 
@@ -217,7 +259,12 @@ def serve_options(ns: argparse.Namespace) -> "Any":
 
 
 def _run_plan(ns: argparse.Namespace, argv: list[str]) -> int:
-    shape = ModelShape.from_dir(ns.model)
+    if not (Path(ns.model) / "config.json").is_file():
+        raise CommandError(f"--model {ns.model}: no config.json there (give a Hugging Face model directory)")
+    try:
+        shape = ModelShape.from_dir(ns.model)
+    except (ValueError, KeyError, TypeError) as e:
+        raise CommandError(f"--model {ns.model}: cannot read its config.json ({type(e).__name__}: {e})") from None
     print(f"{'tokens':>9} {'floor_s':>8} {'ctx':>9} {'pool_tok':>9} {'pool_GiB':>8} {'headroom':>8} fits")
     for n in ns.lengths:
         ctx = auto_context_length(n, 33)
@@ -240,6 +287,26 @@ def _run_serve_smoke(ns: argparse.Namespace, argv: list[str]) -> int:
     from .serve import run_serve_smoke
 
     return run_serve_smoke(serve_options(ns), argv)
+
+
+def reliability_options(ns: argparse.Namespace) -> "Any":
+    """Namespace -> :class:`ReliabilityOptions`."""
+    from .reliability import ReliabilityOptions
+    from .reliability_cases import Sizes
+
+    keys = {k: v for k, v in vars(ns).items() if k in ReliabilityOptions.__dataclass_fields__}
+    keys["sizes"] = dict(ns.sizes)
+    for k, v in keys["sizes"].items():
+        if k not in Sizes.__dataclass_fields__ or not isinstance(v, int) or v <= 0:
+            raise CommandError(f"--size {k}={v}: expected FIELD=N with N > 0 and FIELD one of "
+                               f"{', '.join(Sizes.__dataclass_fields__)}", exit_code=2)
+    return ReliabilityOptions(**keys)
+
+
+def _run_reliability(ns: argparse.Namespace, argv: list[str]) -> int:
+    from .reliability import run_reliability
+
+    return run_reliability(reliability_options(ns), argv)
 
 
 def _run_plot(ns: argparse.Namespace, argv: list[str]) -> int:

@@ -7,8 +7,9 @@ Schema (``validate`` checks it)::
      "backends": {name: {"checked": bool, "error": str, ...}},   # optional
      "runs": [{"command", "date", "gpu"}]}                       # optional, one entry per invocation
 
-A row is keyed by ``(metric, backend, prompt_tokens)``; writing a row with the same key replaces it, so several
-invocations (one backend each, say) merge into one file. A measurement that failed is a row whose ``value`` is
+A row is keyed by ``(metric, backend, prompt_tokens)``, plus its ``case`` when it has one (the reliability suite:
+many cases share a length); writing a row with the same key replaces it, so several invocations (one backend
+each, say) merge into one file. A measurement that failed is a row whose ``value`` is
 ``null`` with an ``"error"``. The file is rewritten atomically after every change, so a killed run keeps what it had.
 """
 
@@ -28,6 +29,7 @@ __all__ = [
     "METRICS",
     "Results",
     "validate",
+    "row_key",
     "merge_rows",
     "command_line",
     "now_iso",
@@ -98,6 +100,12 @@ def collect_versions(with_torch_cuda: bool = True) -> dict[str, Optional[str]]:
     return versions
 
 
+def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """``(metric, backend, prompt_tokens)``, with ``case`` appended for rows that name one."""
+    key = (row.get("metric"), row.get("backend"), row.get("prompt_tokens"))
+    return key + (row["case"],) if "case" in row else key
+
+
 def validate(data: Any) -> list[str]:
     """Problems with a results dict (empty list when it follows the schema)."""
     errs: list[str] = []
@@ -124,10 +132,10 @@ def validate(data: Any) -> list[str]:
             errs.append(f"rows[{i}].value must be a number or null, got {value!r}")
         if value is None and "error" not in row:
             errs.append(f"rows[{i}] has value null but no 'error'")
-        key3 = (row.get("metric"), row.get("backend"), row.get("prompt_tokens"))
-        if key3 in seen:
-            errs.append(f"rows[{i}] duplicates {key3}")
-        seen.add(key3)
+        key = row_key(row)
+        if key in seen:
+            errs.append(f"rows[{i}] duplicates {key}")
+        seen.add(key)
     return errs
 
 
@@ -185,11 +193,7 @@ class Results:
         row["value"] = None if value is None else float(value)
         row.update(extra)
         row.setdefault("run", len(self.data["runs"]) - 1)
-        self.data["rows"] = [
-            r
-            for r in self.rows
-            if (r["metric"], r["backend"], r["prompt_tokens"]) != (metric, backend, row["prompt_tokens"])
-        ] + [row]
+        self.data["rows"] = [r for r in self.rows if row_key(r) != row_key(row)] + [row]
         if save:
             self.save()
         return row
@@ -230,11 +234,11 @@ def merge_rows(datas: list[dict[str, Any]]) -> dict[str, Any]:
     """
     if not datas:
         raise ValueError("merge_rows: no results given")
-    seen: set[tuple[str, str, int]] = set()
+    seen: set[tuple[Any, ...]] = set()
     rows: list[dict[str, Any]] = []
     for data in datas:
         for r in data.get("rows", []):
-            key = (r["metric"], r["backend"], r["prompt_tokens"])
+            key = row_key(r)
             if key not in seen:
                 seen.add(key)
                 rows.append(r)

@@ -25,7 +25,7 @@ import argparse
 import shlex
 from typing import Any
 
-from sgl_qwen1m.args import key_value, positive_floats
+from sgl_qwen1m.args import CommandError, key_value, positive_floats, positive_int
 from sgl_qwen1m.model.spec import BUNDLED_MODEL_DIR
 from sgl_qwen1m.model.tasks import TASKS
 
@@ -36,14 +36,20 @@ def register(subparsers: Any) -> None:
     """Add the ``demo`` and ``eval`` verbs; every leaf parser sets ``handler(ns, argv) -> int``."""
     d = subparsers.add_parser("demo", help="retrieval accuracy past the training length: DCA vs plain RoPE")
     d.add_argument("--device", default="auto", help="auto | cpu | cuda (auto: SGLang on a GPU, else the reference)")
-    d.add_argument("--samples", type=int, default=None, help="prompts per task and length (GPU 20, CPU 2)")
+    d.add_argument("--samples", type=positive_int, default=None, help="prompts per task and length (GPU 20, CPU 2)")
     d.add_argument(
         "--multiples",
         type=positive_floats,
         default=None,
         help="lengths as multiples of the training length (GPU 1,4,8,16; CPU 1,2,4)",
     )
-    d.add_argument("--tasks", default=None, help="comma-separated (default passkey, what the bundled model was trained on; also niah_single, niah_multikey, niah_multivalue, variable_tracking)")
+    d.add_argument(
+        "--tasks",
+        type=task_list,
+        default=None,
+        help="comma-separated (default passkey, what the bundled model was trained on; also niah_single, "
+        "niah_multikey, niah_multivalue, variable_tracking)",
+    )
     d.add_argument("--model", default=None, help="model directory (default: the bundled sgl_qwen1m/data/tiny-dca)")
     d.add_argument("--reference", action="store_true", help="use the pure-torch reference even on a GPU")
     d.add_argument("--seed", type=int, default=0)
@@ -72,11 +78,20 @@ def register(subparsers: Any) -> None:
     a.set_defaults(handler=_run_eval, agree=True)
 
 
+def task_list(text: str) -> list[str]:
+    """``"passkey,niah_single"`` -> names, each one of :data:`TASKS` (argparse type: a bad name is a usage error)."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in names if t not in TASKS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown task(s) {bad or text!r}; choose from {','.join(TASKS)}")
+    return names
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=str(BUNDLED_MODEL_DIR), help="model directory (default: bundled tiny-dca)")
-    p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--tasks", type=task_list, default=list(TASKS), help=f"comma list of {','.join(TASKS)}")
     p.add_argument("--multiples", type=positive_floats, default=[1.0, 2.0], help="multiples of the training length")
-    p.add_argument("--samples", type=int, default=5, help="prompts per task and multiple")
+    p.add_argument("--samples", type=positive_int, default=5, help="prompts per task and multiple (> 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="torch runner device")
     p.add_argument("--attention-backend", default="qwen1m", help="engine runner backend")
@@ -91,7 +106,7 @@ def _run_demo(args: argparse.Namespace, argv: list[str]) -> int:
         device=args.device,
         samples=args.samples,
         multiples=args.multiples,
-        tasks=args.tasks.split(",") if args.tasks else None,
+        tasks=args.tasks,
         model_dir=args.model,
         out=args.out,
         seed=args.seed,
@@ -117,7 +132,9 @@ def _run_eval(args: argparse.Namespace, argv: list[str]) -> int:
     require_weights(args.model)
     train_len = train_length(read_config(args.model))
     builder = TaskBuilder()
-    work = make_samples(args.tasks.split(","), args.multiples, args.samples, train_len, args.seed, builder)
+    if not args.agree and args.runner == "http":
+        HttpRunner(args.url).check_reachable()  # before building prompts: a clear error naming the URL
+    work = make_samples(args.tasks, args.multiples, args.samples, train_len, args.seed, builder)
     longest = max(len(s.prompt_ids) for _, s in work)
     if not args.agree:
         if args.runner == "torch":

@@ -12,6 +12,7 @@ All send token ids, never text, so every runner sees exactly the same prompt, an
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Optional, Protocol, Sequence, Union
@@ -123,13 +124,39 @@ class HttpRunner:
     def __init__(self, url: str = "http://127.0.0.1:30000", name: str = "http", timeout: float = 3600.0) -> None:
         self.url, self.name, self.timeout = url.rstrip("/"), name, timeout
 
+    def check_reachable(self, timeout: float = 10.0) -> None:
+        """Raise :class:`sgl_qwen1m.args.CommandError` naming the URL unless ``{url}/health`` answers 200."""
+        from sgl_qwen1m.args import CommandError
+
+        hint = "start one (python -m sglang.launch_server --model-path ... --attention-backend qwen1m) or fix --url"
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=timeout) as resp:
+                if resp.status == 200:
+                    return
+                raise CommandError(f"the SGLang server at {self.url} answered /health with HTTP {resp.status}")
+        except urllib.error.HTTPError as e:
+            raise CommandError(f"the SGLang server at {self.url} answered /health with HTTP {e.code}: {hint}") from None
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise CommandError(f"cannot reach an SGLang server at {self.url} ({reason}): {hint}") from None
+
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int]) -> list[list[int]]:
         out: list[list[int]] = []
         for p, n in tqdm(list(zip(prompts, max_new_tokens)), desc=self.name, unit="prompt"):
             body = json.dumps({"input_ids": list(p), "sampling_params": _sampling(n)}).encode()
             req = urllib.request.Request(f"{self.url}/generate", body, {"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                res = json.loads(resp.read())
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    res = json.loads(resp.read())
+            except urllib.error.HTTPError as e:
+                from sgl_qwen1m.args import CommandError
+
+                detail = e.read()[:300].decode("utf-8", "replace")
+                raise CommandError(f"{self.url}/generate answered HTTP {e.code}: {detail}") from None
+            except (urllib.error.URLError, OSError) as e:
+                from sgl_qwen1m.args import CommandError
+
+                raise CommandError(f"lost the SGLang server at {self.url} ({getattr(e, 'reason', e)})") from None
             if "output_ids" not in res:
                 raise RuntimeError(f"{self.url}/generate returned no output_ids: keys {sorted(res)}")
             out.append(list(res["output_ids"]))
