@@ -105,6 +105,33 @@ def check_token_ids(ids: Any, vocab_size: int, name: str = "input_ids") -> None:
         raise ValueError(f"{name}[{i}]={int(arr[i])} is outside the vocabulary [0, {vocab_size}){more}")
 
 
+# SamplingParams fields whose type SGLang 0.5.17 never checks before arithmetic on them (sampling_params.py:54-80,
+# verify() at 151): a string there is a TypeError, which the HTTP layer turns into a 500 instead of a 400.
+_INT_PARAMS = ("max_new_tokens", "min_new_tokens", "top_k", "n", "stream_interval")
+_FLOAT_PARAMS = ("temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty")
+
+
+def check_sampling_params(params: Any) -> None:
+    """Raise ``ValueError`` naming the field when a numeric sampling parameter has the wrong type.
+
+    ``params`` is one request's ``sampling_params`` (a dict or None). Integers (``max_new_tokens``, ``top_k``, ...)
+    must be ints (``None`` allowed where SGLang allows it); floats (``temperature``, ``top_p``, ...) ints or floats.
+    Ranges stay SGLang's (``SamplingParams.verify`` raises ValueError for those).
+    """
+    if params is None:
+        return
+    if not isinstance(params, Mapping):
+        raise ValueError(f"sampling_params must be a JSON object, got {type(params).__name__} {_short(params)}")
+    for key in _INT_PARAMS:
+        value = params.get(key)
+        if value is not None and not _is_int(value):
+            raise ValueError(f"sampling_params.{key} must be an integer, got {_short(value)} ({type(value).__name__})")
+    for key in _FLOAT_PARAMS:
+        value = params.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"sampling_params.{key} must be a number, got {_short(value)} ({type(value).__name__})")
+
+
 def read_sparse_file(path: Union[str, Path]) -> Optional[list]:
     """The budgets in ``sparse_attention_config.json`` at ``path``; None when the file does not exist.
 

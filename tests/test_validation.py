@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sgl_qwen1m.config import INT32_MAX, KNOWN_DCA_KEYS, ConfigError, DCAConfig
-from sgl_qwen1m.validation import check_launch, check_token_ids, read_sparse_file
+from sgl_qwen1m.validation import check_launch, check_sampling_params, check_token_ids, read_sparse_file
 
 VOCAB = 152064
 QWEN_DCA = {"chunk_size": 262144, "local_size": 8192, "original_max_position_embeddings": 262144}
@@ -235,3 +235,37 @@ def test_budget_above_context_length_warns():
 
 def test_plain_model_has_no_dca_checks():
     assert check_launch({"num_attention_heads": 28, "num_key_value_heads": 4}) == []
+
+
+# ---------------------------------------------------------------- sampling parameter types (a TypeError is a 500)
+
+
+@pytest.mark.parametrize(
+    "params,field",
+    [
+        ({"max_new_tokens": "lots"}, "max_new_tokens"),
+        ({"max_new_tokens": 8.5}, "max_new_tokens"),
+        ({"max_new_tokens": True}, "max_new_tokens"),
+        ({"top_k": "1"}, "top_k"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"top_p": [0.5]}, "top_p"),
+        ({"repetition_penalty": None, "min_new_tokens": {}}, "min_new_tokens"),
+    ],
+)
+def test_sampling_params_of_the_wrong_type_are_named(params, field):
+    with pytest.raises(ValueError, match=rf"sampling_params\.{field} must be"):
+        check_sampling_params(params)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [None, {}, {"max_new_tokens": 16, "temperature": 0, "top_p": 1.0, "top_k": -1, "stream_interval": None},
+     {"max_new_tokens": None, "stop": ["x"], "regex": "a+"}],
+)
+def test_well_typed_sampling_params_pass(params):
+    check_sampling_params(params)
+
+
+def test_sampling_params_must_be_an_object():
+    with pytest.raises(ValueError, match="sampling_params must be a JSON object"):
+        check_sampling_params(["max_new_tokens", 4])

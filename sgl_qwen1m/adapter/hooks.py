@@ -19,7 +19,7 @@ import logging
 import os
 from typing import Any, Optional
 
-from sgl_qwen1m.validation import SPARSE_CONFIG_FILE, as_mapping, check_launch, check_token_ids
+from sgl_qwen1m.validation import SPARSE_CONFIG_FILE, as_mapping, check_launch, check_sampling_params, check_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +154,8 @@ def _qwen1m_server(server_args: Any) -> bool:
 
 
 def validate_request_around(original, self, obj, input_ids, *args, **kwargs):
-    """AROUND hook: range-check token ids before SGLang's own request checks, on qwen1m servers only.
+    """AROUND hook: range-check token ids (and type-check numeric sampling parameters) before SGLang's own request
+    checks, on qwen1m servers only.
 
     Upstream: ``sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request`` (SGLang 0.5.17,
     tokenizer_manager.py:1140). Every entry point reaches it with the final ``input_ids``: ``/generate`` and the
@@ -172,8 +173,10 @@ def validate_request_around(original, self, obj, input_ids, *args, **kwargs):
     to SGLang (their ids are rewritten by the processor). The check runs before SGLang's length check, so with
     ``--allow-auto-truncate`` an out-of-range id past the truncation point is rejected too.
     """
-    if input_ids is not None and _qwen1m_server(self.server_args) and not _has_mm_input(obj):
-        check_token_ids(input_ids, self.model_config.vocab_size)
+    if _qwen1m_server(self.server_args):
+        check_sampling_params(getattr(obj, "sampling_params", None))
+        if input_ids is not None and not _has_mm_input(obj):
+            check_token_ids(input_ids, self.model_config.vocab_size)
     return original(self, obj, input_ids, *args, **kwargs)
 
 
