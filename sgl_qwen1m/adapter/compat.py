@@ -35,14 +35,15 @@ class Difference:
 DIFFERENCES: tuple[Difference, ...] = (
     # ServerArgs hooks: where qwen1m's constraints are enforced before the fields freeze.
     Difference("attention_hook", OLD, "srt/server_args.py",
-               ("hook_registry.AFTER", "sglang.srt.server_args.ServerArgs._handle_attention_backend_compatibility"),
+               ("hook_registry.AFTER", "sglang.srt.server_args.ServerArgs._handle_attention_backend_compatibility",
+                ("self",)),
                "HookRegistry AFTER hook; fields assigned directly (hooks.attention_compat_after)"),
     Difference("attention_hook", NEW, "srt/arg_groups/resolution_hooks.py, srt/arg_groups/pipeline.py",
-               ("resolution_hook", "handle_attention_backend_compatibility"),
+               ("resolution_hook", "handle_attention_backend_compatibility", ("server_args",)),
                "register_resolution_hook(name)(fn(server_args, previous)); decisions through declare_resolution "
                "(hooks.attention_resolution_hook)"),
     Difference("dca_guard", OLD, "srt/arg_groups/overrides.py",
-               ("hook_registry.AROUND", "sglang.srt.arg_groups.overrides._attention_backend_dual_chunk"),
+               ("hook_registry.AROUND", "sglang.srt.arg_groups.overrides._attention_backend_dual_chunk", ("view",)),
                "SGLang's guard allows only dual_chunk_flash_attn for DCA models; hooks.dca_guard_around lets qwen1m by"),
     Difference("dca_guard", NEW, "srt/arg_groups/overrides.py", None,
                "guard and in-tree backend removed (0.5.20): attention_resolution_hook rejects non-qwen1m backends "
@@ -74,8 +75,8 @@ DIFFERENCES: tuple[Difference, ...] = (
     }),
     # Models that build DualChunkRotaryEmbedding (srt/models/*.py read dual_chunk_attention_config) and call
     # self.rotary_emb(...); adapter/rope.py's replacement must accept their arguments.
-    Difference("dca_models", ">=0.5.17", "srt/models/{qwen2,qwen2_moe,qwen3_moe,glm4}.py",
-               ("qwen2", "qwen2_moe", "qwen3_moe", "glm4")),
+    Difference("dca_models", ">=0.5.17", "srt/models/{qwen2,qwen2_moe,qwen3_moe,glm4,glm_image_vl}.py",
+               ("qwen2", "qwen2_moe", "qwen3_moe", "glm4", "glm_image_vl")),
     Difference("dca_rope_forward", ">=0.5.17", "srt/layers/rotary_embedding/rope_variant.py",
                "sglang.srt.layers.rotary_embedding.rope_variant:DualChunkRotaryEmbedding.forward",
                "(positions, query, key, offsets=None) in 0.5.17 and 0.5.23"),
@@ -124,7 +125,8 @@ def dotted_exists(dotted: str) -> bool:
 
 
 def hook_plan(version: Optional[str] = None) -> list[tuple[str, str, str]]:
-    """[(kind, target, hooks-function name)] for ``version``: what plugin.register installs.
+    """[(kind, target, hooks-function name)] for ``version``: what plugin.register installs. (Each row's value
+    also names the parameters of the wrapped upstream function; tests/test_conformance.py checks them.)
 
     kind is ``hook_registry.AFTER`` / ``hook_registry.AROUND`` (SGLang's HookRegistry on a dotted target) or
     ``resolution_hook`` (``register_resolution_hook`` on a named pipeline step).
@@ -137,7 +139,7 @@ def hook_plan(version: Optional[str] = None) -> list[tuple[str, str, str]]:
         row = pick(name, version)
         if row is None or row.value is None:
             continue
-        kind, target = row.value
+        kind, target, _params = row.value
         plan.append((kind, target, fns[name][kind]))
     return plan
 
