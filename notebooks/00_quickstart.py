@@ -19,6 +19,9 @@
 # The model is the bundled tiny DCA model (trained at 1,024 tokens, good at passkey retrieval); swap in
 # `Qwen/Qwen2.5-7B-Instruct-1M` on a real GPU. Stored as a jupytext percent-format `.py` file;
 # `tests/test_notebooks.py` executes it on the CPU.
+#
+# **Needs SGLang importable** (the frontend language): on a GPU `pip install -e ".[serve,notebook]"`; on a CPU the
+# light SGLang set of `bash scripts/setup-cpu.sh` (the CPU branch runs the torch reference, no GPU, no FlashInfer).
 
 # %%
 import os

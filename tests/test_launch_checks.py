@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from sgl_qwen1m.adapter import hooks
+from sgl_qwen1m.adapter import compat, hooks
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE_7B = ROOT / "benchmarks" / "models" / "qwen2.5-7b-1m-shape"
@@ -275,7 +275,8 @@ def test_token_hook_wraps_the_real_0_5_17_method(tokenizer_manager_cls):
     method = tokenizer_manager_cls._validate_one_request
     assert hasattr(method, "__wrapped__"), "the plugin's hook is not applied"
     assert list(inspect.signature(method.__wrapped__).parameters) == ["self", "obj", "input_ids"]
-    assert hooks.VALIDATE_REQUEST_TARGET.endswith("TokenizerManager._validate_one_request")
+    assert ("hook_registry.AROUND", "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request",
+            "validate_request_around") in compat.hook_plan()
 
 
 @pytest.mark.parametrize(

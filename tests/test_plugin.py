@@ -1,8 +1,10 @@
-"""The SGLang plugin against real SGLang 0.5.17 (no mocks): entry point, registration, ServerArgs hooks.
+"""The SGLang plugin against the installed real SGLang (0.5.17 or 0.5.23; no mocks): entry point, registration,
+ServerArgs hooks.
 
 The SGLang tests build ``ServerArgs`` exactly the way ``python -m sglang.launch_server`` does before it starts
-anything (SGLang 0.5.17 ``launch_server.py:64-68``: ``load_plugins()`` then ``prepare_server_args(sys.argv[1:])``),
-for a local model directory whose ``config.json`` carries ``dual_chunk_attention_config``.
+anything (0.5.17 ``launch_server.py:64-68``: ``load_plugins()`` then ``prepare_server_args(sys.argv[1:])``; 0.5.23
+adds ``resolve_once()``: ``compat.resolved_server_args``), for a local model directory whose ``config.json`` carries
+``dual_chunk_attention_config``.
 
 ``--device cuda`` is passed because on a machine without an accelerator SGLang's ``get_device()`` raises
 (``srt/utils/common.py:863-917``); on a GPU host that is the value it resolves to anyway. Argument resolution does
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from sgl_qwen1m.adapter import hooks, plugin
+from sgl_qwen1m.adapter import compat, hooks, plugin
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY_POINT_GROUP = "sglang.srt.plugins"  # sglang/srt/plugins/__init__.py:29 (GENERAL_PLUGINS_GROUP)
@@ -59,7 +61,8 @@ QWEN25_7B_1M_CONFIG = {
     },
 }
 
-SGLANG_DCA_ERROR = "Dual chunk attention is enabled"  # sglang/srt/arg_groups/overrides.py:2271-2274
+# SGLang's own guard (0.5.17 overrides.py:2271-2274) or, where it is gone (0.5.20+), ours (hooks.py)
+DCA_BACKEND_ERROR = "Dual chunk attention is enabled|dual_chunk_attention_config, which only the 'qwen1m'"
 
 
 def _sglang_expected() -> bool:
@@ -97,12 +100,11 @@ def plain_model(tmp_path_factory) -> str:
 def server_args(sglang):
     """``argv -> ServerArgs`` through launch_server's path, with plugins loaded from their entry points."""
     from sglang.srt.plugins import load_plugins
-    from sglang.srt.server_args import prepare_server_args
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
         load_plugins()  # once per process; calls plugin.register() via the entry point, then applies hooks
-        yield lambda model, *argv: prepare_server_args(["--model-path", model, "--device", "cuda", *argv])
+        yield lambda model, *argv: compat.resolved_server_args(["--model-path", model, "--device", "cuda", *argv])
 
 
 # --- no SGLang needed ------------------------------------------------------------------------------------------
@@ -116,22 +118,34 @@ def test_entry_point_is_discoverable():
     assert eps[0].load() is plugin.register
 
 
-@pytest.mark.parametrize("version", ["0.5.17", "0.5.20", "0.5.23", "0.5.23.post1", "0.5.18.dev3"])
-def test_version_check_accepts_tested_range(version):
+@pytest.mark.parametrize("version", ["0.5.17", "0.5.23"])
+def test_version_check_accepts_verified_releases(version):
     assert plugin.check_sglang_version(version) is True
 
 
-@pytest.mark.parametrize("version", ["0.5.16", "0.5.24", "0.6.0", "0.5.24rc1", "not-a-version"])
-def test_version_check_rejects_outside_range_readably(version):
+@pytest.mark.parametrize(
+    "version", ["0.5.16", "0.5.18", "0.5.19", "0.5.20", "0.5.22", "0.5.23.post1", "0.5.24", "0.5.24rc1", "0.6.0", "x"]
+)
+def test_version_check_rejects_unverified_releases_readably(version):
     with pytest.raises(RuntimeError) as err:
         plugin.check_sglang_version(version)
     message = str(err.value)
     assert f"SGLang {version} is installed" in message
-    assert plugin.SUPPORTED_SGLANG in message and "0.5.17" in message and plugin.ALLOW_UNTESTED_ENV in message
+    assert plugin.SUPPORTED_SGLANG in message and "0.5.17" in message and "0.5.23" in message
+    assert plugin.ALLOW_UNTESTED_ENV in message
 
 
 def test_version_check_can_be_overridden():
     assert plugin.check_sglang_version("0.6.0", allow_untested=True) is False
+
+
+def test_escape_hatch_is_out_of_sglangs_prefix_and_the_old_name_still_works(caplog):
+    assert not plugin.ALLOW_UNTESTED_ENV.startswith("SGL_")
+    assert plugin.allow_untested_from_env({plugin.ALLOW_UNTESTED_ENV: "1"}) is True
+    assert plugin.allow_untested_from_env({}) is False
+    with caplog.at_level("WARNING", logger=plugin.__name__):
+        assert plugin.allow_untested_from_env({"SGL_QWEN1M_ALLOW_UNTESTED_SGLANG": "1"}) is True
+    assert "deprecated" in caplog.text and plugin.ALLOW_UNTESTED_ENV in caplog.text
 
 
 # --- real SGLang ---------------------------------------------------------------------------------------------------
@@ -152,23 +166,27 @@ def test_register_twice_is_a_noop(sglang):
 
     assert ATTENTION_BACKEND_CHOICES.count("qwen1m") == 1
     assert ATTENTION_BACKENDS["qwen1m"] is plugin.create_qwen1m_backend
-    for target, fn in [
-        (hooks.DCA_GUARD_TARGET, hooks.dca_guard_around),
-        (hooks.ATTN_COMPAT_TARGET, hooks.attention_compat_after),
-        (hooks.SPARSE_JSON_TARGET, hooks.sparse_file_json_around),
-    ]:
+    plan = compat.hook_plan()
+    assert any(fn.startswith("attention_") for _, _, fn in plan), plan
+    for kind, target, fn_name in plan:
+        fn = getattr(hooks, fn_name)
+        if kind == "resolution_hook":
+            from sglang.srt.arg_groups.resolution_hooks import _HOOKS  # no public query exists
+
+            assert _HOOKS.get(target, []).count(fn) == 1, target
+            continue
         ours = [h for _, h, _ in HookRegistry._hooks.get(target, []) if h is fn]  # no public query exists
         assert len(ours) == 1, target
-    for patched in (overrides._attention_backend_dual_chunk, ServerArgs._handle_attention_backend_compatibility):
+        patched = compat.resolve(target)
         assert hasattr(patched, "__wrapped__") and not hasattr(patched.__wrapped__, "__wrapped__"), patched
 
 
 _LAUNCH_PATH = """
 import json, sys
-from sglang.srt.plugins import load_plugins              # sglang/launch_server.py:64-66
+from sglang.srt.plugins import load_plugins              # sglang/launch_server.py:64-66 (0.5.17)
 load_plugins()
-from sglang.srt.server_args import prepare_server_args   # sglang/launch_server.py:68
-args = prepare_server_args(sys.argv[1:])
+from sgl_qwen1m.adapter import compat                   # prepare_server_args (+ resolve_once on 0.5.23)
+args = compat.resolved_server_args(sys.argv[1:])
 import torch
 print(json.dumps({
     "attention_backend": args.attention_backend,
@@ -228,17 +246,30 @@ def test_radix_cache_flag_is_respected(server_args, dca_model):
 
 
 @pytest.mark.sglang
-@pytest.mark.parametrize("backend", ["flashinfer", "triton"])
-def test_other_backends_still_get_sglangs_dca_error(server_args, dca_model, backend):
-    with pytest.raises(ValueError, match=SGLANG_DCA_ERROR):
+@pytest.mark.parametrize("backend", ["flashinfer", "triton", "fa3"])
+def test_other_backends_are_rejected_for_dca_models(server_args, dca_model, backend):
+    with pytest.raises(ValueError, match=DCA_BACKEND_ERROR):
         server_args(dca_model, "--attention-backend", backend)
 
 
 @pytest.mark.sglang
+def test_dca_model_without_backend_gets_qwen1m_or_a_clear_error(server_args, dca_model):
+    if compat.pick("dca_guard").value is None:  # 0.5.20+: our hook makes qwen1m the default for DCA models
+        assert server_args(dca_model).attention_backend == "qwen1m"
+    else:  # 0.5.17: SGLang fills its platform default first, and its own guard then rejects it
+        with pytest.raises(ValueError, match=DCA_BACKEND_ERROR):
+            server_args(dca_model)
+
+
+@pytest.mark.sglang
 def test_hooks_leave_other_configurations_alone(server_args, plain_model):
-    with_flashinfer = server_args(plain_model, "--attention-backend", "flashinfer")
+    with_flashinfer = server_args(
+        plain_model, "--attention-backend", "flashinfer", "--cuda-graph-backend-prefill", "breakable",
+        "--enable-mixed-chunk",
+    )
     assert with_flashinfer.attention_backend == "flashinfer"
-    assert with_flashinfer.cuda_graph_config.prefill.backend != "disabled"  # SGLang's own default is kept
+    assert with_flashinfer.cuda_graph_config.prefill.backend == "breakable"  # what was asked for is kept
+    assert with_flashinfer.enable_mixed_chunk is True
 
 
 @pytest.mark.sglang

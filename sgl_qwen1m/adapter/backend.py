@@ -205,9 +205,9 @@ class Qwen1MAttnBackend(AttentionBackend):
 def _tp_rank(tp_size: int) -> int:
     if tp_size == 1:
         return 0
-    from sglang.srt.distributed import get_tensor_model_parallel_rank
+    from sgl_qwen1m.adapter.compat import tensor_parallel_rank
 
-    return get_tensor_model_parallel_rank()
+    return tensor_parallel_rank()
 
 
 def _make_sparse(hf_config, cfg: Optional[DCAConfig], shape: DCAShape, tp_size: int, tp_rank: int,

@@ -25,11 +25,7 @@ logger = logging.getLogger(__name__)
 
 QWEN1M = "qwen1m"
 
-# Dotted hook targets (checked for existence in plugin.register; SGLang 0.5.23 removed the first one).
-DCA_GUARD_TARGET = "sglang.srt.arg_groups.overrides._attention_backend_dual_chunk"
-ATTN_COMPAT_TARGET = "sglang.srt.server_args.ServerArgs._handle_attention_backend_compatibility"
-VALIDATE_REQUEST_TARGET = "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request"
-SPARSE_JSON_TARGET = "sglang.srt.configs.model_config.ModelConfig._verify_dual_chunk_attention_config"
+# Which hook goes on which target in which SGLang version: sgl_qwen1m.adapter.compat (DIFFERENCES, hook_plan).
 
 
 def selected_backends(view: Any) -> tuple[str | None, str | None, str | None]:
@@ -93,7 +89,7 @@ def attention_compat_after(result: Any, server_args: Any, *args, **kwargs) -> No
     if QWEN1M in selected_backends(view):
         _require_qwen1m_on_both_phases(view)
         _reject_speculative_decoding(view)
-        check_launch_config(server_args, view)
+        check_launch_config(server_args.get_model_config(), view)
         graphs = server_args.cuda_graph_config.prefill
         if graphs.backend != Backend.DISABLED:
             logger.info(
@@ -123,7 +119,7 @@ def _sparse_file_of(model_path: str, revision: Optional[str] = None) -> Optional
     return found if isinstance(found, str) else None
 
 
-def check_launch_config(server_args: Any, view: Any) -> None:
+def check_launch_config(model_config: Any, view: Any) -> None:
     """Run ``sgl_qwen1m.validation.check_launch`` on the resolving ServerArgs (before any weight loads).
 
     Reads the model's HF config through ``get_model_config()`` (already built by earlier handlers in 0.5.17), into
@@ -131,7 +127,6 @@ def check_launch_config(server_args: Any, view: Any) -> None:
     ["sparse_attention_config"]`` (``configs/model_config.py:1538-1553``). Raises ConfigError (a ValueError, which
     ``launch_server`` reports as a usage error); logs the warnings.
     """
-    model_config = server_args.get_model_config()
     model_dtype = str(model_config.dtype).removeprefix("torch.")
     warnings = check_launch(
         as_mapping(model_config.hf_config),
@@ -204,3 +199,52 @@ def sparse_file_json_around(original, self, *args, **kwargs):
             f"{path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}). Fix it, or delete it to run "
             f"dense prefill."
         ) from None
+
+
+def _reject_other_backends_for_dca(view: Any) -> None:
+    attention, prefill, decode = selected_backends(view)
+    raise ValueError(
+        "sgl_qwen1m: this model's config.json has dual_chunk_attention_config, which only the 'qwen1m' attention "
+        f"backend serves correctly in this SGLang (got attention_backend={attention!r}, prefill={prefill!r}, "
+        f"decode={decode!r}; SGLang's own dual_chunk_flash_attn was removed in 0.5.20). Use "
+        "'--attention-backend qwen1m', or remove dual_chunk_attention_config to serve with plain RoPE."
+    )
+
+
+def attention_resolution_hook(server_args: Any, previous) -> None:
+    """Resolution-pipeline wrapper of ``handle_attention_backend_compatibility`` (SGLang >= 0.5.20).
+
+    Upstream: ``sglang.srt.arg_groups.resolution_hooks.register_resolution_hook`` and the step's ``run_hook`` call in
+    ``arg_groups/pipeline.py`` (0.5.23: ``attention_hook.py:110``). Fields are frozen during resolution, so decisions
+    are declared (``declare_resolution``), as SGLang's handlers do. The same constraints as ``attention_compat_after``;
+    SGLang's DCA guard is gone here, so DCA models default to qwen1m and any other backend is rejected.
+    """
+    from sglang.srt.arg_groups.overrides import declare_resolution, model_config_of, resolved_view
+    from sglang.srt.model_executor.cuda_graph_config import Backend, Phase, with_phase
+
+    source = "sgl_qwen1m.attention_resolution_hook"
+    dca = getattr(model_config_of(server_args).hf_config, "dual_chunk_attention_config", None) is not None
+    view = resolved_view(server_args)
+    if dca and not any(selected_backends(view)):
+        logger.info("sgl_qwen1m: dual_chunk_attention_config found; attention backend defaults to qwen1m")
+        declare_resolution(server_args, source, attention_backend=QWEN1M)
+    previous(server_args)
+    view = resolved_view(server_args)
+    if QWEN1M not in selected_backends(view):
+        if dca:
+            _reject_other_backends_for_dca(view)
+        return
+    _require_qwen1m_on_both_phases(view)
+    _reject_speculative_decoding(view)
+    check_launch_config(model_config_of(server_args), view)
+    decided = {}
+    graphs = view.cuda_graph_config
+    if graphs.prefill.backend != Backend.DISABLED:
+        logger.info("sgl_qwen1m: prefill CUDA graphs %s -> disabled for the qwen1m backend", graphs.prefill.backend)
+        decided["cuda_graph_config"] = with_phase(graphs, Phase.PREFILL, backend=Backend.DISABLED)
+    if view.enable_mixed_chunk:
+        logger.warning("sgl_qwen1m: --enable-mixed-chunk -> off for the qwen1m backend (it plans prefill and decode "
+                       "batches separately; mixed batches are not implemented)")
+        decided["enable_mixed_chunk"] = False
+    if decided:
+        declare_resolution(server_args, source, **decided)

@@ -10,9 +10,12 @@ from __future__ import annotations
 import threading
 from typing import Any, Iterator
 
-from sglang.global_config import global_config
 from sglang.lang.backend.runtime_endpoint import RuntimeEndpoint
 from sglang.lang.chat_template import get_chat_template, get_chat_template_by_model_path
+
+from sgl_qwen1m.adapter.compat import global_config as _global_config
+
+global_config = _global_config()  # sglang.global_config (0.5.17) / sglang.lang.global_config (0.5.18+)
 
 __all__ = ["EngineBackend"]
 

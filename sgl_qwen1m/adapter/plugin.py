@@ -22,39 +22,48 @@ from __future__ import annotations
 import logging
 import os
 
-from sgl_qwen1m.adapter.hooks import (
-    ATTN_COMPAT_TARGET,
-    DCA_GUARD_TARGET,
-    QWEN1M,
-    SPARSE_JSON_TARGET,
-    VALIDATE_REQUEST_TARGET,
-)
+from sgl_qwen1m.adapter import compat
+from sgl_qwen1m.adapter.hooks import QWEN1M
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_SGLANG = ">=0.5.17,<0.5.24"  # first untested release is the upper bound
-TESTED_SGLANG = ("0.5.17",)
-ALLOW_UNTESTED_ENV = "SGL_QWEN1M_ALLOW_UNTESTED_SGLANG"
+# Exactly the verified releases (sgl_qwen1m.adapter.compat.VERIFIED); anything else is refused unless overridden.
+TESTED_SGLANG = tuple(compat.VERIFIED)
+SUPPORTED_SGLANG = " or ".join(TESTED_SGLANG)  # exact releases; pyproject: [serve] and [serve-0.5.23]
+ALLOW_UNTESTED_ENV = "QWEN1M_ALLOW_UNTESTED_SGLANG"
+# SGLang warns that every SGL_* variable is deprecated (it owns that prefix); still honoured, with a warning.
+DEPRECATED_ALLOW_UNTESTED_ENV = "SGL_QWEN1M_ALLOW_UNTESTED_SGLANG"
 
 # Hook targets registered by this process (HookRegistry has no public query, and registering twice would wrap twice).
 _registered_hooks: set = set()
 
 
+def allow_untested_from_env(environ=os.environ) -> bool:
+    if environ.get(ALLOW_UNTESTED_ENV) == "1":
+        return True
+    if environ.get(DEPRECATED_ALLOW_UNTESTED_ENV) == "1":
+        logger.warning("sgl_qwen1m: %s is deprecated (SGLang reserves SGL_*); set %s=1 instead.",
+                       DEPRECATED_ALLOW_UNTESTED_ENV, ALLOW_UNTESTED_ENV)
+        return True
+    return False
+
+
 def check_sglang_version(installed: str, allow_untested: bool = False) -> bool:
-    """True if ``installed`` is in SUPPORTED_SGLANG; otherwise raise RuntimeError (or warn and return False)."""
-    from packaging.specifiers import SpecifierSet
+    """True if ``installed`` is a verified SGLang release; otherwise raise RuntimeError (or warn and return False)."""
     from packaging.version import InvalidVersion, Version
 
     try:
-        ok = SpecifierSet(SUPPORTED_SGLANG).contains(Version(installed), prereleases=True)
+        ok = any(Version(installed) == Version(v) for v in TESTED_SGLANG)
     except InvalidVersion:
         ok = False
     if ok:
         return True
+    verified = ", ".join(f"{v} ({how})" for v, how in compat.VERIFIED.items())
     msg = (
-        f"sgl_qwen1m supports SGLang {SUPPORTED_SGLANG} (tested: {', '.join(TESTED_SGLANG)}), but SGLang "
-        f"{installed} is installed. Install a supported version, e.g. pip install 'sglang=={TESTED_SGLANG[-1]}', "
-        f"or set {ALLOW_UNTESTED_ENV}=1 to try anyway."
+        f"sgl_qwen1m supports SGLang {SUPPORTED_SGLANG}, verified: {verified}; but SGLang {installed} is installed; its ServerArgs "
+        f"hooks and backend API are not checked there. Install a verified version, e.g. pip install "
+        f"'sglang=={TESTED_SGLANG[0]}' (GPU) or see the README's support matrix, or set {ALLOW_UNTESTED_ENV}=1 "
+        "to try anyway."
     )
     if not allow_untested:
         raise RuntimeError(msg)
@@ -63,14 +72,7 @@ def check_sglang_version(installed: str, allow_untested: bool = False) -> bool:
 
 
 def installed_sglang_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("sglang")
-    except PackageNotFoundError:  # e.g. a source checkout on PYTHONPATH
-        from sglang.version import __version__
-
-        return __version__
+    return compat.installed_version()
 
 
 def create_qwen1m_backend(runner):
@@ -80,23 +82,13 @@ def create_qwen1m_backend(runner):
     return Qwen1MAttnBackend(runner)
 
 
-def _target_exists(dotted: str) -> bool:
-    import pkgutil
-
-    module_path, _, attr = dotted.rpartition(".")
-    try:
-        return hasattr(pkgutil.resolve_name(module_path), attr)
-    except (ImportError, AttributeError, ValueError):
-        return False
-
-
 def _register_hook(target: str, fn, hook_type, if_missing: str | None = None) -> bool | None:
     """Register ``fn`` on ``target`` once; skip (and warn with ``if_missing``, if given) when the target is absent."""
     from sglang.srt.plugins.hook_registry import HookRegistry
 
     if target in _registered_hooks:
         return None
-    if not _target_exists(target):
+    if not compat.dotted_exists(target):
         log = logger.warning if if_missing else logger.info
         log("sgl_qwen1m: hook target %s does not exist in this SGLang; hook skipped. %s", target, if_missing or "")
         return False
@@ -105,9 +97,28 @@ def _register_hook(target: str, fn, hook_type, if_missing: str | None = None) ->
     return True
 
 
+def _register_resolution_hook(step: str, fn) -> bool | None:
+    """SGLang >= 0.5.20: wrap a named resolution step once (``register_resolution_hook``)."""
+    from sglang.srt.arg_groups.resolution_hooks import _HOOKS, register_resolution_hook
+
+    if step in _registered_hooks or fn in _HOOKS.get(step, ()):
+        return None
+    register_resolution_hook(step)(fn)
+    _registered_hooks.add(step)
+    return True
+
+
+_IF_MISSING = {  # what a user loses when a hook target is absent (logged as a warning)
+    "attention_compat_after": "qwen1m's ServerArgs constraints are NOT enforced.",
+    "dca_guard_around": "qwen1m's ServerArgs constraints are NOT enforced.",
+    "validate_request_around": "token ids are NOT range-checked: an id outside the vocabulary can crash the server.",
+}
+
+
 def register() -> None:
     """Entry point for the ``sglang.srt.plugins`` group. Safe to call more than once."""
-    check_sglang_version(installed_sglang_version(), allow_untested=os.environ.get(ALLOW_UNTESTED_ENV) == "1")
+    version = installed_sglang_version()
+    check_sglang_version(version, allow_untested=allow_untested_from_env())
 
     from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS, register_attention_backend
     from sglang.srt.plugins.hook_registry import HookType
@@ -119,22 +130,15 @@ def register() -> None:
         add_attention_backend_choices([QWEN1M])
     if ATTENTION_BACKENDS.get(QWEN1M) is not create_qwen1m_backend:
         register_attention_backend(QWEN1M)(create_qwen1m_backend)
-    # SGLang 0.5.23 dropped the in-tree DCA guard, so there is nothing to relax there.
-    _register_hook(DCA_GUARD_TARGET, hooks.dca_guard_around, HookType.AROUND)
-    # A private ServerArgs handler (present in 0.5.17); without it qwen1m's constraints are not enforced.
-    _register_hook(
-        ATTN_COMPAT_TARGET,
-        hooks.attention_compat_after,
-        HookType.AFTER,
-        if_missing="qwen1m's ServerArgs constraints are NOT enforced: pass --cuda-graph-backend-prefill disabled, "
-        "keep --enable-mixed-chunk off and do not use speculative decoding.",
-    )
-    # Token ids are range-checked before they reach the GPU (only on qwen1m servers; see hooks.validate_request_around).
-    _register_hook(
-        VALIDATE_REQUEST_TARGET,
-        hooks.validate_request_around,
-        HookType.AROUND,
-        if_missing="token ids are NOT range-checked: an id outside the vocabulary can crash the server.",
-    )
-    # Only renames SGLang's bare JSONDecodeError for a broken sparse_attention_config.json.
-    _register_hook(SPARSE_JSON_TARGET, hooks.sparse_file_json_around, HookType.AROUND)
+    plan = compat.hook_plan(version)
+    if not any(name.startswith("attention_") for _, _, name in plan):
+        logger.warning("sgl_qwen1m: no ServerArgs hook is known for SGLang %s; qwen1m's constraints are NOT "
+                       "enforced: pass --cuda-graph-backend-prefill disabled, keep --enable-mixed-chunk off and do "
+                       "not use speculative decoding.", version)
+    for kind, target, fn_name in plan:  # which hook goes where: compat.DIFFERENCES
+        fn = getattr(hooks, fn_name)
+        if kind == "resolution_hook":
+            _register_resolution_hook(target, fn)
+        else:
+            hook_type = HookType.AROUND if kind.endswith("AROUND") else HookType.AFTER
+            _register_hook(target, fn, hook_type, if_missing=_IF_MISSING.get(fn_name, ""))

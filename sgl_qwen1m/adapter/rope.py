@@ -11,6 +11,7 @@ rotation or partial rotary dims keep SGLang's forward.
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Optional
 
 import torch
@@ -27,6 +28,12 @@ def _fused_forward(module: Any, caches: DCARopeCaches, positions: torch.Tensor, 
     from sgl_qwen1m.ops.dca.rope import dca_rope
 
     return dca_rope(positions, query, key, caches, module.head_size)
+
+
+def replacement_signature() -> inspect.Signature:
+    """What a model's ``self.rotary_emb(...)`` call may pass to the installed replacement (checked against SGLang's
+    model sources by ``sgl_qwen1m.adapter.conformance``)."""
+    return inspect.signature(functools.partial(_fused_forward, None, None))
 
 
 def install_fused_dca_rope(model: torch.nn.Module) -> int:
