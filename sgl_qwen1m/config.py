@@ -6,6 +6,11 @@ Two inputs, both in the format Qwen ships with Qwen2.5-7B/14B-Instruct-1M:
   (``chunk_size``, ``local_size``, ``original_max_position_embeddings`` and optional sparse settings);
 * ``sparse_attention_config.json`` beside it: a list with one entry per layer, each a dict
   ``{"<q_head>": ["vertical_and_slash", vertical_size, slash_size, score]}`` covering every query head.
+  SGLang copies it into ``dual_chunk_attention_config["sparse_attention_config"]``; budgets written there inline
+  (a list, or an object keyed by layer index as in SGLang's own tests) are read the same way.
+
+The Qwen3-2507 models ship ``config_1m.json``, which users rename to ``config.json`` (model cards); it carries the same
+``dual_chunk_attention_config`` block (``DCA_CONFIG_KEYS``).
 
 Every validation error names the field, the bad value and the rule it breaks.
 Nothing here imports SGLang, Triton or FlashInfer.
@@ -29,7 +34,15 @@ __all__ = [
     "SparseBudgets",
     "ConfigError",
     "sparse_budgets_from_hf",
+    "DCA_CONFIG_KEYS",
 ]
+
+# Every key a shipped ``dual_chunk_attention_config`` may hold (Qwen2.5-1M config.json, Qwen3-2507 config_1m.json,
+# SGLang's injected budgets and sparse settings).
+DCA_CONFIG_KEYS = (
+    "chunk_size", "local_size", "original_max_position_embeddings", "sparse_attention_config",
+    "sparse_attention_enabled", "sparse_attention_threshold", "sparse_attention_last_q",
+)
 
 # Defaults shared by Qwen's vLLM fork and SGLang's in-tree port (shared/research/qwen1m-method.md §2.2).
 DEFAULT_SPARSE_THRESHOLD = 32768  # sparse prefill only when the prompt is longer than this
@@ -166,6 +179,11 @@ class SparseBudgets:
     ) -> "SparseBudgets":
         """Parse Qwen's list-per-layer format and check it against the model's layer and head counts."""
         where = "sparse_attention_config"
+        if isinstance(raw, Mapping):  # inline, keyed by layer index ("0".."L-1" or ints)
+            idx = sorted(raw, key=lambda k: int(k) if str(k).isdigit() else -1)
+            if [str(k) for k in idx] != [str(i) for i in range(len(raw))]:
+                raise ConfigError(f"{where} keyed by layer must have keys 0..{len(raw) - 1}, got {[str(k) for k in idx][:8]}")
+            raw = [raw[k] for k in idx]
         if not isinstance(raw, Sequence) or isinstance(raw, (str, bytes)):
             raise ConfigError(f"{where} must be a list with one entry per layer, got {type(raw).__name__}")
         if num_layers is not None and len(raw) != num_layers:
