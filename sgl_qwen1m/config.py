@@ -179,11 +179,6 @@ class SparseBudgets:
     ) -> "SparseBudgets":
         """Parse Qwen's list-per-layer format and check it against the model's layer and head counts."""
         where = "sparse_attention_config"
-        if isinstance(raw, Mapping):  # inline, keyed by layer index ("0".."L-1" or ints)
-            idx = sorted(raw, key=lambda k: int(k) if str(k).isdigit() else -1)
-            if [str(k) for k in idx] != [str(i) for i in range(len(raw))]:
-                raise ConfigError(f"{where} keyed by layer must have keys 0..{len(raw) - 1}, got {[str(k) for k in idx][:8]}")
-            raw = [raw[k] for k in idx]
         if not isinstance(raw, Sequence) or isinstance(raw, (str, bytes)):
             raise ConfigError(f"{where} must be a list with one entry per layer, got {type(raw).__name__}")
         if num_layers is not None and len(raw) != num_layers:
@@ -271,6 +266,12 @@ def sparse_budgets_from_hf(
             "dual_chunk_attention_config.sparse_attention_enabled is true but no sparse_attention_config.json "
             "was found beside config.json; add the budgets file or set sparse_attention_enabled to false"
         )
+    if isinstance(budgets_raw, Mapping):  # inline in the DCA block, keyed by layer index ("0".."L-1" or ints)
+        idx = sorted(budgets_raw, key=lambda k: int(k) if str(k).isdigit() else -1)
+        if [str(k) for k in idx] != [str(i) for i in range(len(idx))]:
+            raise ConfigError(f"dual_chunk_attention_config.sparse_attention_config keyed by layer must have keys "
+                              f"0..{len(idx) - 1}, got {[str(k) for k in idx][:8]}")
+        budgets_raw = [budgets_raw[k] for k in idx]
     return SparseBudgets.from_list(
         budgets_raw, num_layers=get("num_hidden_layers"), num_heads=get("num_attention_heads")
     )
