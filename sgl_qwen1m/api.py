@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Union
 
-from .sizing import GIB, MFS_CAP, QWEN25_7B, QWEN25_14B, ModelShape, auto_context_length, prefill_floor_s, split_static
+from .sizing import (GIB, MFS_CAP, QWEN3_30B_A3B, QWEN3_235B_A22B, QWEN25_7B, QWEN25_14B, ModelShape,
+                     auto_context_length, prefill_floor_s, split_static)
 
 __all__ = [
     "plan_for_serve_config", "GPUS", "MODELS", "KV_DTYPES", "MFS_CAP", "PREFILL_EFFICIENCY", "ModelSpec",
@@ -56,10 +57,15 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {
     "qwen2.5-7b-1m": ModelSpec("qwen2.5-7b-1m", QWEN25_7B, 1_010_000),
     "qwen2.5-14b-1m": ModelSpec("qwen2.5-14b-1m", QWEN25_14B, 1_010_000),
+    "qwen3-30b-a3b-2507": ModelSpec("qwen3-30b-a3b-2507", QWEN3_30B_A3B, 1_010_000),  # with config_1m.json
+    "qwen3-235b-a22b-2507": ModelSpec("qwen3-235b-a22b-2507", QWEN3_235B_A22B, 1_010_000),
 }
 _HF_IDS = {
     "qwen/qwen2.5-7b-instruct-1m": "qwen2.5-7b-1m",
     "qwen/qwen2.5-14b-instruct-1m": "qwen2.5-14b-1m",
+    "qwen/qwen3-30b-a3b-instruct-2507": "qwen3-30b-a3b-2507",
+    "qwen/qwen3-30b-a3b-thinking-2507": "qwen3-30b-a3b-2507",
+    "qwen/qwen3-235b-a22b-instruct-2507": "qwen3-235b-a22b-2507",
 }
 
 

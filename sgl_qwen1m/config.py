@@ -6,6 +6,11 @@ Two inputs, both in the format Qwen ships with Qwen2.5-7B/14B-Instruct-1M:
   (``chunk_size``, ``local_size``, ``original_max_position_embeddings`` and optional sparse settings);
 * ``sparse_attention_config.json`` beside it: a list with one entry per layer, each a dict
   ``{"<q_head>": ["vertical_and_slash", vertical_size, slash_size, score]}`` covering every query head.
+  SGLang copies it into ``dual_chunk_attention_config["sparse_attention_config"]``; budgets written there inline
+  (a list, or an object keyed by layer index as in SGLang's own tests) are read the same way.
+
+The Qwen3-2507 models ship ``config_1m.json``, which users rename to ``config.json`` (model cards); it carries the same
+``dual_chunk_attention_config`` block (``DCA_CONFIG_KEYS``).
 
 Every validation error names the field, the bad value and the rule it breaks.
 Nothing here imports SGLang, Triton or FlashInfer.
@@ -34,7 +39,15 @@ __all__ = [
     "INT32_MAX",
     "SPARSE_BLOCK",
     "sparse_budgets_from_hf",
+    "DCA_CONFIG_KEYS",
 ]
+
+# Every key a shipped ``dual_chunk_attention_config`` may hold (Qwen2.5-1M config.json, Qwen3-2507 config_1m.json,
+# SGLang's injected budgets and sparse settings).
+DCA_CONFIG_KEYS = (
+    "chunk_size", "local_size", "original_max_position_embeddings", "sparse_attention_config",
+    "sparse_attention_enabled", "sparse_attention_threshold", "sparse_attention_last_q",
+)
 
 # Defaults shared by Qwen's vLLM fork and SGLang's in-tree port (shared/research/qwen1m-method.md §2.2).
 DEFAULT_SPARSE_THRESHOLD = 32768  # sparse prefill only when the prompt is longer than this
@@ -288,6 +301,12 @@ def sparse_budgets_from_hf(
             "dual_chunk_attention_config.sparse_attention_enabled is true but no sparse_attention_config.json "
             "was found beside config.json; add the budgets file or set sparse_attention_enabled to false"
         )
+    if isinstance(budgets_raw, Mapping):  # inline in the DCA block, keyed by layer index ("0".."L-1" or ints)
+        idx = sorted(budgets_raw, key=lambda k: int(k) if str(k).isdigit() else -1)
+        if [str(k) for k in idx] != [str(i) for i in range(len(idx))]:
+            raise ConfigError(f"dual_chunk_attention_config.sparse_attention_config keyed by layer must have keys "
+                              f"0..{len(idx) - 1}, got {[str(k) for k in idx][:8]}")
+        budgets_raw = [budgets_raw[k] for k in idx]
     return SparseBudgets.from_list(
         budgets_raw, num_layers=get("num_hidden_layers"), num_heads=get("num_attention_heads")
     )

@@ -1,4 +1,4 @@
-"""Arithmetic floors and memory arithmetic for Qwen2-shaped models (pure Python, no GPU): the planner of
+"""Arithmetic floors and memory arithmetic for Qwen2- and Qwen3-MoE-shaped models (pure Python, no GPU): the planner of
 :mod:`sgl_qwen1m.api` and the benchmarks (``python -m sgl_qwen1m plan``) share it.
 
 The prefill floor is the time the GPU would need at ``peak_tflops`` for the prefill FLOPs alone:
@@ -8,6 +8,9 @@ The prefill floor is the time the GPU would need at ``peak_tflops`` for the pref
 * dense causal attention: ``2 * head_dim * heads * layers * L**2`` (QK^T and PV, each ``2*d`` FLOPs per
   query-key pair, over half of the ``L x L`` square);
 * sparse attention: ``4 * head_dim * L * sum_heads min(budget, L/2)`` with the per-head vertical+slash budget.
+
+Mixture-of-experts layers (qwen3_moe) count every expert's weights for memory and only the ``num_experts_per_tok``
+active experts (plus the router) for FLOPs.
 
 For Qwen2.5-7B at 800 TFLOP/s this gives 6.4 s at 128K and 21.5 s at 256K dense, 2.9 s and 5.8 s with the
 7B budgets (mean 11.6K keys per query); see shared/gpu/README.md.
@@ -26,6 +29,8 @@ __all__ = [
     "ModelShape",
     "QWEN25_7B",
     "QWEN25_14B",
+    "QWEN3_30B_A3B",
+    "QWEN3_235B_A22B",
     "GIB",
     "prefill_flops",
     "prefill_floor_s",
@@ -46,7 +51,12 @@ GIB = float(1 << 30)
 
 @dataclass(frozen=True)
 class ModelShape:
-    """The sizes of a Qwen2-style decoder that FLOP and memory arithmetic needs."""
+    """The sizes of a Qwen2-style decoder that FLOP and memory arithmetic needs.
+
+    ``num_experts > 0`` makes every layer's MLP a mixture of ``num_experts`` SwiGLU experts of width
+    ``moe_intermediate``, ``experts_per_tok`` active per token (Qwen3-MoE; ``intermediate`` is then unused).
+    ``qkv_bias`` (Qwen2) and ``qk_norm`` (Qwen3) only change the parameter count by a few thousand per layer.
+    """
 
     layers: int
     hidden: int
@@ -56,6 +66,11 @@ class ModelShape:
     intermediate: int
     vocab: int
     tie_embeddings: bool = False
+    num_experts: int = 0
+    experts_per_tok: int = 0
+    moe_intermediate: int = 0
+    qkv_bias: bool = True
+    qk_norm: bool = False
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "ModelShape":
@@ -71,6 +86,11 @@ class ModelShape:
             intermediate=int(cfg["intermediate_size"]),
             vocab=int(cfg["vocab_size"]),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            num_experts=int(cfg.get("num_experts", 0) or 0),
+            experts_per_tok=int(cfg.get("num_experts_per_tok", 0) or 0),
+            moe_intermediate=int(cfg.get("moe_intermediate_size", 0) or 0),
+            qkv_bias=bool(cfg.get("attention_bias", cfg.get("model_type") in (None, "qwen2", "qwen2_moe"))),
+            qk_norm=cfg.get("model_type") in ("qwen3", "qwen3_moe"),
         )
 
     @classmethod
@@ -80,13 +100,32 @@ class ModelShape:
             return cls.from_config(json.load(f))
 
     @property
+    def _attn_params(self) -> int:
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return self.hidden * (q + 2 * kv) + q * self.hidden
+
+    @property
     def layer_linear_params(self) -> int:
-        """Weights of the q/k/v/o projections and the gated MLP of one layer (biases and norms ignored)."""
-        q = self.heads * self.head_dim
-        kv = self.kv_heads * self.head_dim
-        attn = self.hidden * (q + 2 * kv) + q * self.hidden
-        mlp = 3 * self.hidden * self.intermediate
-        return attn + mlp
+        """Weights one token multiplies in a layer: q/k/v/o and the gated MLP, or the router plus the active
+        experts of a MoE layer (biases and norms ignored). FLOPs use this."""
+        if self.num_experts:
+            return self._attn_params + self.hidden * self.num_experts + 3 * self.hidden * self.moe_intermediate * self.experts_per_tok
+        return self._attn_params + 3 * self.hidden * self.intermediate
+
+    @property
+    def layer_weight_params(self) -> int:
+        """Weights stored per layer: as ``layer_linear_params`` but with every expert (memory uses this)."""
+        if self.num_experts:
+            return self._attn_params + self.hidden * self.num_experts + 3 * self.hidden * self.moe_intermediate * self.num_experts
+        return self.layer_linear_params
+
+    @property
+    def mlp_activation_width(self) -> int:
+        """Live MLP activation elements per prefill token: gate/up and the activated product (``3 * intermediate``);
+        for MoE, per active expert, gate/up, product and the expert's output (``topk * (3 * moe_inter + hidden)``)."""
+        if self.num_experts:
+            return self.experts_per_tok * (3 * self.moe_intermediate + self.hidden)
+        return 3 * self.intermediate
 
     @property
     def linear_flops_per_token(self) -> float:
@@ -98,16 +137,18 @@ class ModelShape:
         """All parameters: layers, embedding and (untied) LM head; biases and norms approximated."""
         q = self.heads * self.head_dim
         kv = self.kv_heads * self.head_dim
-        per_layer = self.layer_linear_params + (q + 2 * kv) + 2 * self.hidden  # qkv bias + 2 norms
+        per_layer = (self.layer_weight_params + (q + 2 * kv) * self.qkv_bias + 2 * self.hidden  # qkv bias + 2 norms
+                     + 2 * self.head_dim * self.qk_norm)
         emb = self.vocab * self.hidden
         return self.layers * per_layer + emb * (1 if self.tie_embeddings else 2) + self.hidden
 
     def weight_bytes(self, dtype_bytes: int = 2) -> int:
-        """Weight memory in bytes (15.2e9 for Qwen2.5-7B in bf16)."""
+        """Weight memory in bytes (15.2e9 for Qwen2.5-7B, 61.1e9 for Qwen3-30B-A3B in bf16)."""
         return self.num_params * dtype_bytes
 
     def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
-        """K and V cache bytes per token over all layers (57,344 for Qwen2.5-7B in bf16)."""
+        """K and V cache bytes per token over all layers (57,344 for Qwen2.5-7B, 98,304 for Qwen3-30B-A3B in bf16;
+        half in FP8)."""
         return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes
 
 
@@ -115,6 +156,13 @@ class ModelShape:
 QWEN25_7B = ModelShape(layers=28, hidden=3584, heads=28, kv_heads=4, head_dim=128, intermediate=18944, vocab=152064)
 # Qwen2.5-14B-Instruct(-1M): 48 layers, 40 query heads, 8 KV heads, head_dim 128.
 QWEN25_14B = ModelShape(layers=48, hidden=5120, heads=40, kv_heads=8, head_dim=128, intermediate=13824, vocab=152064)
+# Qwen3-30B-A3B(-Instruct/Thinking-2507): 48 layers, 32:4 heads, head_dim 128, 128 experts of 768, top-8, qk-norm.
+QWEN3_30B_A3B = ModelShape(layers=48, hidden=2048, heads=32, kv_heads=4, head_dim=128, intermediate=6144, vocab=151936,
+                           num_experts=128, experts_per_tok=8, moe_intermediate=768, qkv_bias=False, qk_norm=True)
+# Qwen3-235B-A22B(-Instruct-2507): 94 layers, 64:4 heads, head_dim 128, 128 experts of 1536, top-8, qk-norm.
+QWEN3_235B_A22B = ModelShape(layers=94, hidden=4096, heads=64, kv_heads=4, head_dim=128, intermediate=12288,
+                             vocab=151936, num_experts=128, experts_per_tok=8, moe_intermediate=1536, qkv_bias=False,
+                             qk_norm=True)
 
 
 def head_budgets(sparse_cfg: Sequence[Mapping[str, Sequence[Any]]]) -> list[int]:
@@ -256,7 +304,7 @@ def prefill_overhead_gib(shape: ModelShape, chunked_prefill_size: int, dtype_byt
     if chunked_prefill_size <= 0:
         raise ValueError(f"chunked_prefill_size must be > 0, got {chunked_prefill_size}")
     per_token = dtype_bytes * (
-        3 * shape.intermediate + 5 * shape.heads * shape.head_dim + 2 * shape.kv_heads * shape.head_dim + 6 * shape.hidden
+        shape.mlp_activation_width + 5 * shape.heads * shape.head_dim + 2 * shape.kv_heads * shape.head_dim + 6 * shape.hidden
     )
     return OVERHEAD_FIXED_GIB + chunked_prefill_size * per_token / GIB
 

@@ -4,10 +4,14 @@
 builds the five query rotations and the key rotation from about sixty unfused PyTorch ops per layer, which
 dominates a long-context decode step. This kernel reads the same cos/sin caches and writes the same
 ``[T, 5 * H * D]`` query layout (variants: intra, succ, inter, succ_critical, inter_critical) and ``[T, Hkv * D]``
-keys, NeoX style (rotate halves), with ``rotary_dim == head_dim``.
+keys, NeoX style (rotate halves), with ``rotary_dim == head_dim``. With ``kv_write`` it also stores the rotated keys
+and the values into the paged KV pool rows ``cache_loc`` (what SGLang models ask of RoPE through
+``fused_set_kv_buffer_arg`` when they skip the attention backend's own KV write).
 """
 
 from __future__ import annotations
+
+from typing import Any, Optional
 
 import torch
 import triton
@@ -43,7 +47,9 @@ def _dca_rope_kernel(
     pos_ptr, q_ptr, k_ptr, q_out_ptr, k_out_ptr,
     q_cache, qc_cache, k_cache, qcn_cache, qi_cache,
     q_row_stride, k_row_stride, chunk_len,
+    v_ptr, kbuf_ptr, vbuf_ptr, loc_ptr, v_row_stride, kbuf_row_stride, vbuf_row_stride,
     H: tl.constexpr, HKV: tl.constexpr, H_P2: tl.constexpr, HKV_P2: tl.constexpr, HALF: tl.constexpr,
+    WRITE_KV: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + t).to(tl.int64)
@@ -61,10 +67,18 @@ def _dca_rope_kernel(
     # keys
     y1, y2, kmask, klo = _load_halves(k_ptr, k_row_stride, t, HKV, HKV_P2, HALF)
     _rotate_store(y1, y2, k_cache, pos, j, k_out_ptr + t * (HKV * D), klo, klo + HALF, kmask, HALF)
+    if WRITE_KV:  # the pool rows of this token: rotated key and the value, cast to the pool dtype
+        loc = tl.load(loc_ptr + t).to(tl.int64)
+        _rotate_store(y1, y2, k_cache, pos, j, kbuf_ptr + loc * kbuf_row_stride, klo, klo + HALF, kmask, HALF)
+        v1, v2, vmask, vlo = _load_halves(v_ptr, v_row_stride, t, HKV, HKV_P2, HALF)
+        vdst = vbuf_ptr + loc * vbuf_row_stride
+        tl.store(vdst + vlo, v1.to(vbuf_ptr.dtype.element_ty), mask=vmask)
+        tl.store(vdst + vlo + HALF, v2.to(vbuf_ptr.dtype.element_ty), mask=vmask)
 
 
 def dca_rope(
-    positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, caches: DCARopeCaches, head_dim: int
+    positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, caches: DCARopeCaches, head_dim: int,
+    kv_write: Optional[Any] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply DCA RoPE.
 
@@ -75,6 +89,9 @@ def dca_rope(
         contiguous.
     caches : DCARopeCaches
         Tables of dtype ``q.dtype`` (or float32), last dim ``D``.
+    kv_write : object with ``value`` ``[T, Hkv * D]``, ``k_buffer`` / ``v_buffer`` ``[N, Hkv * D]`` (bf16, fp16 or
+        fp32) and ``cache_loc`` ``[T]`` (SGLang's ``FusedSetKVBufferArg`` has exactly these), or None. When given,
+        row ``cache_loc[t]`` of ``k_buffer`` gets the rotated key of token ``t`` and of ``v_buffer`` its value.
 
     Returns
     -------
@@ -93,6 +110,17 @@ def dca_rope(
         if c.shape[-1] != d or not c.is_contiguous():
             raise ValueError(f"dca_rope: cache {name} must be contiguous [rows, {d}], got {tuple(c.shape)}")
     h, hkv = q.shape[1] // d, k.shape[1] // d
+    if kv_write is not None:
+        v, kb, vb, loc = kv_write.value, kv_write.k_buffer, kv_write.v_buffer, kv_write.cache_loc
+        for name, x in (("value", v), ("k_buffer", kb), ("v_buffer", vb)):
+            if x.dim() != 2 or x.shape[1] != hkv * d or x.stride(-1) != 1:
+                raise ValueError(f"dca_rope: kv_write.{name} must be [rows, {hkv * d}] with a contiguous last dim, "
+                                 f"got {tuple(x.shape)}")
+            if name != "value" and x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+                raise ValueError(f"dca_rope: kv_write.{name} dtype {x.dtype} is not supported (bf16/fp16/fp32)")
+        if v.shape[0] != t or loc.shape != (t,):
+            raise ValueError(f"dca_rope: kv_write needs value [T, ...] and cache_loc [T] with T={t}, "
+                             f"got {tuple(v.shape)}, {tuple(loc.shape)}")
     q_out = torch.empty(t, 5 * h * d, dtype=q.dtype, device=q.device)
     k_out = torch.empty(t, hkv * d, dtype=k.dtype, device=k.device)
     if t:
@@ -100,7 +128,9 @@ def dca_rope(
             positions, q, k, q_out, k_out,
             caches.q, caches.qc, caches.k, caches.qc_no_clamp, caches.q_inter,
             q.stride(0), k.stride(0), caches.chunk_len,
+            *((v, kb, vb, loc, v.stride(0), kb.stride(0), vb.stride(0)) if kv_write is not None
+              else (k, k_out, k_out, positions, 0, 0, 0)),
             H=h, HKV=hkv, H_P2=triton.next_power_of_2(h), HKV_P2=triton.next_power_of_2(hkv), HALF=d // 2,
-            num_warps=4,
+            WRITE_KV=kv_write is not None, num_warps=4,
         )
     return q_out, k_out
