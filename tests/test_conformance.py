@@ -171,7 +171,7 @@ def test_checker_accepts_the_upstream_call_site():
     assert conformance.call_site_problems("qwen2.py", with_offsets, replacement_signature()) == []
 
 
-@pytest.mark.parametrize("broken", ["(positions, q, k, offset=None)", "(positions, q, k, None, None)",
+@pytest.mark.parametrize("broken", ["(positions, q, k, offset=None)", "(positions, q, k, None, None, None)",
                                     "(positions=positions, query=q, keys=k)"])
 def test_checker_reports_a_renamed_or_extra_argument(broken):
     source = QWEN2_CALL_SITE.replace("(positions, q, k)", broken)
