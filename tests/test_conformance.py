@@ -204,11 +204,10 @@ def test_checker_accepts_our_backend_against_a_minimal_base():
     [
         (("base", "save_kv_cache=True, **kwargs):\n        raise", "save_kv_cache=True, *, sinks=None, "
           "**kwargs):\n        raise"), None),  # a keyword-only addition upstream is fine: we take **kwargs
-        (("ours", "save_kv_cache: bool = True, **kwargs):\n        self._save_kv(layer, forward_batch, k, v, "
-          "save_kv_cache)\n        kv = self.token_to_kv_pool.get_kv_buffer(layer.layer_id)\n        meta = "
-          "self.forward_metadata\n        if", "save_kv_cache: bool = True):\n        self._save_kv(layer, "
-          "forward_batch, k, v, save_kv_cache)\n        kv = self.token_to_kv_pool.get_kv_buffer(layer.layer_id)\n"
-          "        meta = self.forward_metadata\n        if"), "upstream takes **kwargs"),
+        (("ours", 'def forward_extend(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch",\n'
+          "                       save_kv_cache: bool = True, **kwargs):",
+          'def forward_extend(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch",\n'
+          "                       save_kv_cache: bool = True):"), "upstream takes **kwargs"),
         (("base", "    def init_forward_metadata(self, forward_batch):",
           "    def init_forward_metadata(self, batch):"), "do not start with upstream's"),
         (("base", "    def init_forward_metadata(self, forward_batch):\n        pass",
