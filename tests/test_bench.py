@@ -585,3 +585,16 @@ def test_merge_rows_first_file_wins() -> None:
     assert merged["gpu"] == "A" and [r["value"] for r in merged["rows"]] == [1.0, 2.0]
     with pytest.raises(ValueError):
         results.merge_rows([])
+
+
+def test_rows_carry_the_model_label_of_their_shape_directory(tmp_path):
+    from sgl_qwen1m.bench.backends import SPECS, default_model_dirs, model_label, source_dir
+
+    dirs = default_model_dirs()
+    assert model_label(source_dir(SPECS["qwen1m-sparse"], dirs["shape"], dirs["dca"])) == "qwen2.5-7b-1m"
+    assert model_label(source_dir(SPECS["flashinfer"], dirs["shape"], dirs["dca"])) == "qwen2.5-7b"
+    res = results.Results.open(tmp_path / "r.json", command="x", gpu="g", versions={})
+    res.row_defaults["model"] = "qwen2.5-7b-1m"
+    assert res.upsert("ttft_s", "qwen1m-sparse", 1024, 1.0)["model"] == "qwen2.5-7b-1m"
+    assert res.upsert("ttft_s", "flashinfer", 1024, 1.0, model="qwen2.5-7b")["model"] == "qwen2.5-7b"
+    assert results.Results.load(tmp_path / "r.json")["rows"][0]["model"] == "qwen2.5-7b-1m"

@@ -34,7 +34,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 __all__ = [
     "BackendSpec",
@@ -43,6 +43,8 @@ __all__ = [
     "default_model_dirs",
     "parse_backends",
     "prepare_model_dir",
+    "model_label",
+    "source_dir",
 ]
 
 SPARSE_FILE = "sparse_attention_config.json"
@@ -88,6 +90,17 @@ SPECS: dict[str, BackendSpec] = {
         BackendSpec("qwen1m-sparse-local", "qwen1m", uses_dca_model=True, sparse=True, weights="local"),
     )
 }
+
+
+def model_label(shape_dir: Union[str, Path]) -> str:
+    """The ``model`` field of result rows: the shape directory's name without ``-shape`` (``qwen2.5-7b-1m``)."""
+    name = Path(shape_dir).resolve().name
+    return name[: -len("-shape")] if name.endswith("-shape") else name
+
+
+def source_dir(spec: "BackendSpec", shape_dir: Union[str, Path], dca_dir: Union[str, Path]) -> Path:
+    """The model directory a backend serves (before ``prepare_model_dir`` writes its variant)."""
+    return Path(dca_dir if spec.uses_dca_model else shape_dir)
 
 
 def repo_root() -> Path:

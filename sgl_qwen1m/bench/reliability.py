@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .backends import SPECS, prepare_model_dir
+from .backends import SPECS, model_label, prepare_model_dir, source_dir
 from .common import Deadline, Progress, check_output, make_prompt, stop_process_group
 from .gpu_mem import query_used_mib
 from .reliability_cases import Case, Sizes, build_cases, generate_body, judge, new_rid, normal_body
@@ -332,6 +332,7 @@ def run_reliability(opts: ReliabilityOptions, argv: Optional[list[str]] = None) 
     res = Results.open(out, command_line(argv), gpu_name(), collect_versions(),
                        extra={"reliability_config": dict({k: v for k, v in vars(opts).items() if k != "sizes"},
                                                          sizes=vars(sizes), cases=[c.name for c in cases])})
+    res.row_defaults["model"] = model_label(source_dir(SPECS[opts.backend], opts.model_shape, opts.model_dca))
     server = Server(opts, model_dir, log_path, log)
     suite = Suite(opts, sizes, server, log)
     rc, dead = 1, ""

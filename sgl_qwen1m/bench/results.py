@@ -145,6 +145,7 @@ class Results:
     def __init__(self, path: Union[str, Path], data: dict[str, Any]) -> None:
         self.path = Path(path)
         self.data = data
+        self.row_defaults: dict[str, Any] = {}  # fields every row of this invocation carries unless given (model)
 
     @classmethod
     def open(
@@ -192,6 +193,8 @@ class Results:
         row: dict[str, Any] = {"metric": metric, "backend": backend, "prompt_tokens": int(prompt_tokens)}
         row["value"] = None if value is None else float(value)
         row.update(extra)
+        for key, value in self.row_defaults.items():
+            row.setdefault(key, value)
         row.setdefault("run", len(self.data["runs"]) - 1)
         self.data["rows"] = [r for r in self.rows if row_key(r) != row_key(row)] + [row]
         if save:
