@@ -169,6 +169,15 @@ def resolved_server_args(argv: list[str]) -> Any:
     return resolve(row.value)(args)
 
 
+def model_config(server_args: Any) -> Any:
+    """SGLang's ``ModelConfig`` of resolved arguments: ``model_config_of`` (0.5.20+) or ``ServerArgs.get_model_config``."""
+    try:
+        from sglang.srt.arg_groups.overrides import model_config_of
+    except ImportError:
+        return server_args.get_model_config()
+    return model_config_of(server_args)
+
+
 def global_config() -> Any:
     """SGLang's frontend ``global_config`` object (moved from ``sglang`` to ``sglang.lang`` in 0.5.18)."""
     for row in (r for r in DIFFERENCES if r.name == "global_config"):
