@@ -76,6 +76,9 @@ def _held_out_peaks() -> list[tuple[str, str, dict, dict]]:
         data = json.loads(path.read_text())
         if not isinstance(data, dict) or not isinstance(data.get("config"), dict) or "gpu" not in data:
             continue
+        model_dir = Path(data["config"].get("model_dca") or "qwen2.5-7b-1m-shape").name
+        if model_dir != "qwen2.5-7b-1m-shape":  # the planner's activation term is fitted on this shape only
+            continue
         for row in data.get("rows", []):
             if row.get("metric") == "peak_mem_gib" and str(row.get("backend", "")).startswith("qwen1m"):
                 out.append((path.name, data["gpu"], data["config"], row))
