@@ -27,6 +27,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 __all__ = [
     "DEFAULT_SPARSE_THRESHOLD",
     "DEFAULT_LAST_Q",
+    "MIN_SPARSE_QUERIES",
     "SINK_COLUMNS",
     "LOCAL_DIAGONALS",
     "VERTICAL_SLASH",
@@ -52,6 +53,9 @@ DCA_CONFIG_KEYS = (
 # Defaults shared by Qwen's vLLM fork and SGLang's in-tree port (shared/research/qwen1m-method.md §2.2).
 DEFAULT_SPARSE_THRESHOLD = 32768  # sparse prefill only when the prompt is longer than this
 DEFAULT_LAST_Q = 64  # queries per prefill chunk used to estimate the vertical/slash pattern
+# A request extending by fewer queries than this runs its prefill piece densely (exact): decode rows of a mixed
+# batch (extend 1) must not run a sparse estimation pass over every key for a single query.
+MIN_SPARSE_QUERIES = 2
 SINK_COLUMNS = 30  # leading key columns always kept (MInference: attention sinks)
 LOCAL_DIAGONALS = 100  # trailing diagonals always kept (MInference: local window)
 VERTICAL_SLASH = "vertical_and_slash"  # the only pattern Qwen's budget files use

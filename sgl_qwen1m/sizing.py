@@ -40,6 +40,7 @@ __all__ = [
     "plan_memory",
     "auto_context_length",
     "prefill_overhead_gib",
+    "activation_bytes_per_token",
     "OVERHEAD_FIXED_GIB",
     "MFS_CAP",
     "StaticSplit",
@@ -303,10 +304,14 @@ def prefill_overhead_gib(shape: ModelShape, chunked_prefill_size: int, dtype_byt
     """
     if chunked_prefill_size <= 0:
         raise ValueError(f"chunked_prefill_size must be > 0, got {chunked_prefill_size}")
-    per_token = dtype_bytes * (
+    return OVERHEAD_FIXED_GIB + chunked_prefill_size * activation_bytes_per_token(shape, dtype_bytes) / GIB
+
+
+def activation_bytes_per_token(shape: ModelShape, dtype_bytes: int = 2) -> int:
+    """Live activation bytes per token of a forward step (the per-token term of :func:`prefill_overhead_gib`)."""
+    return dtype_bytes * (
         shape.mlp_activation_width + 5 * shape.heads * shape.head_dim + 2 * shape.kv_heads * shape.head_dim + 6 * shape.hidden
     )
-    return OVERHEAD_FIXED_GIB + chunked_prefill_size * per_token / GIB
 
 
 MFS_CAP = 0.90  # never recommend a larger mem_fraction_static

@@ -132,6 +132,7 @@ def test_core_import_is_light_and_does_not_initialise_cuda():
 # frontend, cli); every ``__main__.py`` is an entry point outside its folder's unit. ``attention`` is the old name of
 # ``ops`` and counts as ``ops`` (a missing folder is simply absent). Allowed direction, lowest first:
 #   config, args, sizing <- ops <- model <- evals <- bench <- cli <- __main__      (adapter: above ops and config)
+#   scheduler: above config, sizing and ops (plain Python; never adapter or bench)
 
 _ALIASES = {"attention": "ops"}
 _ENTRY = "__main__"
@@ -143,6 +144,8 @@ _LAYER_RULES = {  # unit -> units it must never import (None: it may import noth
     "evals": {"bench", "cli"},
     "api": {"bench", "evals", "cli"},
 }
+# scheduler: plain-Python step costs and policy; it may use config, sizing and the ops' host planning only.
+_SCHEDULER_MAY_IMPORT = {"config", "sizing", "ops"}
 _OPS_MAY_IMPORT = {"ops", "config"}
 
 
@@ -234,7 +237,8 @@ def test_layering_helpers_resolve_relative_imports_and_find_cycles():
 
 def test_units_import_each_other_in_one_direction():
     units, edges = _unit_graph()
-    for expected in ("config", "args", "sizing", "ops", "adapter", "model", "evals", "bench", "api", "frontend", "cli"):
+    for expected in ("config", "args", "sizing", "ops", "scheduler", "adapter", "model", "evals", "bench", "api",
+                     "frontend", "cli"):
         assert expected in units, f"unit {expected} is missing from sgl_qwen1m"
 
     def where(src, dst):
@@ -246,6 +250,8 @@ def test_units_import_each_other_in_one_direction():
         if banned is None or dst in banned:
             found.append(where(src, dst))
         if src == "ops" and dst not in _OPS_MAY_IMPORT:
+            found.append(where(src, dst))
+        if src == "scheduler" and dst not in _SCHEDULER_MAY_IMPORT:
             found.append(where(src, dst))
         if dst == "cli" and src != _ENTRY:
             found.append(where(src, dst) + ": only __main__.py files may import cli")

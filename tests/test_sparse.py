@@ -238,6 +238,20 @@ def test_request_under_threshold_rides_along_densely():
     assert _rel(out[:600], ref_o[:600]) > TOL  # the long one is really sparse
 
 
+def test_mixed_batch_decode_rows_run_dense_and_exact():
+    """--enable-mixed-chunk turns decode requests into extend-1 rows of the prefill batch: they must attend every key
+    (as a decode step does), not run a one-query estimation pass; the chunk beside them stays sparse."""
+    spans = [RequestSpan(300, 420), RequestSpan(700, 1), RequestSpan(900, 1)]
+    case = make_case(spans, DCA, seed=7)
+    sp, state = make_prefill(case, budgets_for(4, 30, 100), threshold=300)
+    assert [(p.req, p.q_len, p.sparse) for p in state.plan.pieces] == [
+        (0, 212, True), (0, 208, True), (1, 1, False), (2, 1, False)]
+    out = sp.run_extend(state, case.q5.flatten(1), (case.k_pool, case.v_pool), 0)
+    ref_o, _ = _dense_ref(case)
+    assert _rel(out[420:], ref_o[420:]) < TOL  # both decode rows are exact dense DCA
+    assert _rel(out[:420], ref_o[:420]) > TOL  # the chunk is really sparse
+
+
 def test_planted_vertical_and_slash_structure_is_recalled():
     """Queries attend a few planted columns and diagonals: recall of the selected pattern >= 0.99.
 

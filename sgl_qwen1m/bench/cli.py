@@ -114,7 +114,7 @@ def register(subparsers: Any) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = ap.add_subparsers(required=True, metavar="{e2e,serve-smoke,reliability,ops-decode,ops-sparse,plot,plan}")
+    sub = ap.add_subparsers(required=True, metavar="{e2e,serve-smoke,reliability,ops-decode,ops-sparse,plot,plan,load,profile}")
 
     e = sub.add_parser("e2e", help="TTFT / decode step / peak memory per backend through sgl.Engine (dummy weights)")
     e.add_argument(
@@ -187,6 +187,9 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=_run_plot)
 
     _plan_arguments(sub.add_parser("plan", help=_PLAN_HELP))
+    from .load_cli import register as register_load  # load, profile (the scheduler's benchmarks)
+
+    register_load(sub)
 
     from .ops import add_parser as add_ops_parser
     from .ops import run as run_ops

@@ -33,10 +33,11 @@ from typing import Optional, Sequence
 import torch
 
 from sgl_qwen1m.ops.dca.plan import DCAPlan, RequestSpan
-from sgl_qwen1m.config import SPARSE_BLOCK, DCAConfig, SparseBudgets
+from sgl_qwen1m.config import MIN_SPARSE_QUERIES, SPARSE_BLOCK, DCAConfig, SparseBudgets
 
 __all__ = [
     "BLOCK",
+    "MIN_SPARSE_QUERIES",
     "PAD",
     "ESTIMATE_VARIANTS",
     "Piece",
@@ -132,8 +133,10 @@ def plan_pieces(
 ) -> Optional[PiecePlan]:
     """Pieces of a prefill batch, or None when no request attends more than ``threshold`` keys.
 
-    A request is sparse when its sequence length after this extend (``prefix + extend``) exceeds ``threshold``.
-    Requests below it ride along densely (full pattern) so that the batch needs one kernel launch per layer.
+    A request is sparse when its sequence length after this extend (``prefix + extend``) exceeds ``threshold`` and
+    it extends by at least :data:`MIN_SPARSE_QUERIES` tokens. Other requests ride along densely (full pattern, exact)
+    so that the batch needs one kernel launch per layer; in particular the extend-1 rows that decode requests become
+    in a mixed batch (``--enable-mixed-chunk``) attend every key, as a decode step would, and run no estimation.
     """
     if threshold < 0:
         raise ValueError(f"sparse threshold must be >= 0, got {threshold}")
@@ -154,7 +157,7 @@ def plan_pieces(
                 q_pos0=q_end - seg.q_len,
                 q_len=seg.q_len,
                 c0=seg.kv_start,
-                sparse=spans[seg.req].seq_len > threshold,
+                sparse=spans[seg.req].seq_len > threshold and spans[seg.req].extend_len >= MIN_SPARSE_QUERIES,
             )
         )
     if not any(p.sparse for p in pieces):

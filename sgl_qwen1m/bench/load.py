@@ -1,0 +1,236 @@
+"""``python -m sgl_qwen1m bench load``: chat streams keep decoding while one long prompt prefills, against a running
+server (``python -m sglang.launch_server ...``; loopback, stdlib HTTP, streamed ``POST /generate`` with input ids).
+
+1. Idle: the long prompt alone -> ``ttft_idle_s``.
+2. Load: ``streams`` chats start and decode (``ignore_eos``); once each has its first token the long prompt is sent;
+   while it prefills a new chat of ``chat_prompt`` tokens arrives every ``1 / chat_rate`` s. When the long prompt's
+   first token arrives every chat is closed (the server aborts a dropped stream).
+
+Reported (rows keyed by ``case`` = ``scenario``, ``prompt_tokens`` = the long prompt): ``ttft_s``, ``ttft_idle_s``,
+``ttft_ratio_vs_idle``; ``itl_p50_ms`` / ``itl_p99_ms`` / ``itl_max_ms`` over every gap between token-bearing stream
+events of every chat inside the prefill window (from sending the long prompt to its first token; a gap that straddles
+the window's start counts); ``chat_ttft_s`` (max over the chats that arrived during the prefill; p50 and all samples
+in the row). A timeline PNG beside the JSON (matplotlib optional): tokens of each stream over time, the long
+prompt's send and first token marked.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+from urllib.parse import urlsplit
+
+from .common import make_prompt
+from .results import Results, command_line
+
+__all__ = ["LoadOptions", "StreamTrace", "percentile", "gap_stats", "stream_generate", "run_load", "plot_timeline"]
+
+
+@dataclass(kw_only=True)
+class LoadOptions:
+    """One load scenario against ``url``."""
+
+    url: str
+    out: str
+    scenario: str = "long+chats"
+    backend: str = "qwen1m-sparse"
+    long_tokens: int = 1 << 20
+    streams: int = 8
+    chat_prompt: int = 2048
+    chat_rate: float = 0.5  # new chats per second during the prefill (0: none)
+    chat_new_tokens: int = 8192  # outlasts the prefill (chats are closed when it ends) without a huge KV reservation
+    timeout_s: float = 1800.0
+    skip_idle: bool = False
+    plot: bool = True
+    gpu: str = "unknown"
+
+
+@dataclass
+class StreamTrace:
+    """One streamed request: send time and ``(time, tokens so far)`` per token-bearing event (perf_counter s)."""
+
+    name: str
+    sent: float
+    events: list[tuple[float, int]] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def first_token(self) -> Optional[float]:
+        return self.events[0][0] if self.events else None
+
+    def gaps(self, start: float = float("-inf"), end: float = float("inf")) -> list[float]:
+        """Seconds between consecutive token events whose later event lies in ``(start, end]``."""
+        return [b[0] - a[0] for a, b in zip(self.events, self.events[1:]) if start < b[0] <= end]
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (``q`` in [0, 100]) of a non-empty sequence (numpy's default method)."""
+    if not values:
+        raise ValueError("percentile of an empty sequence")
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def gap_stats(gaps: Sequence[float]) -> dict[str, float]:
+    """``itl_p50_ms`` / ``itl_p99_ms`` / ``itl_max_ms`` of gaps given in seconds."""
+    return {"itl_p50_ms": percentile(gaps, 50) * 1e3, "itl_p99_ms": percentile(gaps, 99) * 1e3,
+            "itl_max_ms": max(gaps) * 1e3}
+
+
+def _connect(base: str, timeout: float) -> http.client.HTTPConnection:
+    u = urlsplit(base)
+    if u.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError(f"bench load talks to loopback only, got {base}")
+    return http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
+
+
+def stream_generate(base: str, ids: list[int], new_tokens: int, trace: StreamTrace, stop: threading.Event,
+                    timeout_s: float) -> StreamTrace:
+    """Streamed ``/generate`` into ``trace`` until the server ends it, ``stop`` is set (the connection is closed:
+    SGLang aborts the request) or ``timeout_s`` passes."""
+    body = json.dumps({"input_ids": ids, "stream": True, "sampling_params": {
+        "max_new_tokens": new_tokens, "temperature": 0.0, "ignore_eos": True}}).encode()
+    conn = _connect(base, timeout_s)
+    try:
+        trace.sent = time.perf_counter()
+        conn.request("POST", "/generate", body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            trace.error = f"HTTP {resp.status}: {resp.read()[:200]!r}"
+            return trace
+        seen = 0
+        while not stop.is_set():
+            raw = resp.readline()
+            if not raw:
+                break
+            line = raw.decode("utf-8", "replace").strip()
+            if not line.startswith("data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == "[DONE]":
+                break
+            chunk = json.loads(payload)
+            if "error" in chunk:
+                trace.error = str(chunk["error"])[:200]
+                break
+            n = int((chunk.get("meta_info") or {}).get("completion_tokens") or len(chunk.get("output_ids") or []))
+            if n > seen:
+                trace.events.append((time.perf_counter(), n))
+                seen = n
+            if time.perf_counter() - trace.sent > timeout_s:
+                trace.error = f"still streaming after {timeout_s:.0f}s"
+                break
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        trace.error = trace.error or f"{type(e).__name__}: {e}"
+    finally:
+        conn.close()
+    return trace
+
+
+def _start(base: str, name: str, ids: list[int], new_tokens: int, stop: threading.Event, timeout_s: float,
+           traces: list[StreamTrace]) -> threading.Thread:
+    tr = StreamTrace(name, time.perf_counter())
+    traces.append(tr)
+    th = threading.Thread(target=stream_generate, args=(base, ids, new_tokens, tr, stop, timeout_s), daemon=True)
+    th.start()
+    return th
+
+
+def _long_ttft(o: LoadOptions, ids: list[int], name: str) -> StreamTrace:
+    tr = StreamTrace(name, 0.0)
+    stream_generate(o.url, ids, 1, tr, threading.Event(), o.timeout_s)
+    if tr.error or tr.first_token is None:
+        raise RuntimeError(f"{name}: the long prompt failed: {tr.error or 'no token came back'}")
+    return tr
+
+
+def run_load(o: LoadOptions, argv: Optional[list[str]] = None) -> dict[str, Any]:
+    """Run the scenario, write the rows into ``o.out`` and return a summary (see the module docstring)."""
+    long_ids = make_prompt(o.long_tokens, seed=1)
+    idle = None if o.skip_idle else _long_ttft(o, long_ids, "long-idle")
+    stop, traces, threads = threading.Event(), [], []
+    for i in range(o.streams):
+        threads.append(_start(o.url, f"chat{i}", make_prompt(o.chat_prompt, seed=100 + i), o.chat_new_tokens, stop,
+                              o.timeout_s, traces))
+    deadline = time.perf_counter() + o.timeout_s
+    while any(t.first_token is None and not t.error for t in traces) and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    long_ids = make_prompt(o.long_tokens, seed=2)  # not a radix-cache hit on the idle run
+    box: list[StreamTrace] = []
+    lt = threading.Thread(target=lambda: box.append(_long_ttft(o, long_ids, "long")), daemon=True)
+    t_long = time.perf_counter()
+    lt.start()
+    arrivals, k = [], 0
+    period = 1.0 / o.chat_rate if o.chat_rate > 0 else None
+    while lt.is_alive():
+        if period is not None and time.perf_counter() >= t_long + (k + 1) * period:
+            threads.append(_start(o.url, f"new{k}", make_prompt(o.chat_prompt, seed=1000 + k), o.chat_new_tokens,
+                                  stop, o.timeout_s, traces))
+            arrivals.append(traces[-1])
+            k += 1
+        lt.join(0.005)
+    if not box:
+        stop.set()
+        raise RuntimeError("the long prompt under load failed (see the server log)")
+    long = box[0]
+    t_end = long.first_token
+    stop.set()
+    for th in threads:
+        th.join(5.0)
+    gaps = [g for t in traces for g in t.gaps(t_long, t_end)]
+    res = Results.open(o.out, command=command_line(argv), gpu=o.gpu)
+    extra = {"case": o.scenario, "scenario": o.scenario, "streams": o.streams, "chat_rate": o.chat_rate,
+             "chat_prompt": o.chat_prompt}
+    summary: dict[str, Any] = {"ttft_s": t_end - long.sent}
+    if idle is not None:
+        summary["ttft_idle_s"] = idle.first_token - idle.sent  # type: ignore[operator]
+        summary["ttft_ratio_vs_idle"] = summary["ttft_s"] / summary["ttft_idle_s"]
+    if gaps:
+        summary.update(gap_stats(gaps))
+    chat_ttfts = [t.first_token - t.sent for t in arrivals if t.first_token is not None]
+    if chat_ttfts:
+        summary["chat_ttft_s"] = max(chat_ttfts)
+    for metric, value in summary.items():
+        more = {"samples": [round(x, 4) for x in chat_ttfts], "p50": percentile(chat_ttfts, 50)} \
+            if metric == "chat_ttft_s" else {}
+        res.upsert(metric, o.backend, o.long_tokens, value, save=False, **extra, **more)
+    errors = [f"{t.name}: {t.error}" for t in traces if t.error and t.first_token is None]
+    if errors:
+        res.backend_info(o.backend, save=False, error="; ".join(errors[:5]))
+    res.save()
+    summary.update(gaps=len(gaps), chats_started=len(arrivals), errors=errors)
+    if o.plot:
+        plot_timeline(traces, t_long, t_end, Path(o.out).with_suffix(f".{o.scenario}.png"), o)
+    return summary
+
+
+def plot_timeline(traces: Sequence[StreamTrace], t_long: float, t_end: float, path: Path, o: LoadOptions) -> bool:
+    """Tokens of each stream over time, the long prompt's send and first token marked; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for t in traces:
+        if t.events:
+            ax.step([e[0] - t_long for e in t.events], [e[1] for e in t.events], where="post", lw=1, label=t.name)
+    ax.axvspan(0.0, t_end - t_long, color="0.9", label=f"long prompt prefill ({o.long_tokens} tokens)")
+    ax.set_xlabel("seconds since the long prompt was sent")
+    ax.set_ylabel("tokens received")
+    ax.set_title(f"{o.backend}: {o.scenario}, {o.streams} streams, {o.chat_rate}/s new chats")
+    ax.legend(fontsize=6, ncol=4, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

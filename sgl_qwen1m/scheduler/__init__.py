@@ -1,0 +1,5 @@
+"""The chunked-prefill scheduler's brain, in plain Python (no SGLang, no torch): a cost model of one forward step
+(:mod:`.cost`), per-GPU coefficients fitted from measured timings (:mod:`.profile`, stored under ``profiles/``;
+the H100 one derived from committed benchmark rows by :mod:`.calibrate`), the per-step policy (:mod:`.policy`) and
+predicted timelines (:mod:`.simulate`). How it would be wired into SGLang: ``docs/scheduler.md``.
+"""
