@@ -132,6 +132,7 @@ def test_core_import_is_light_and_does_not_initialise_cuda():
 # frontend, cli); every ``__main__.py`` is an entry point outside its folder's unit. ``attention`` is the old name of
 # ``ops`` and counts as ``ops`` (a missing folder is simply absent). Allowed direction, lowest first:
 #   config, args, sizing <- ops <- model <- evals <- bench <- cli <- __main__      (adapter: above ops and config)
+#   refine (sparsity refinement): above ops, model and sizing; beside evals (neither imports the other); below cli
 
 _ALIASES = {"attention": "ops"}
 _ENTRY = "__main__"
@@ -139,8 +140,9 @@ _LAYER_RULES = {  # unit -> units it must never import (None: it may import noth
     "config": None,
     "args": None,
     "sizing": None,
-    "model": {"evals", "bench", "api", "cli"},
-    "evals": {"bench", "cli"},
+    "model": {"evals", "bench", "api", "cli", "refine"},
+    "evals": {"bench", "cli", "refine"},
+    "refine": {"evals", "bench", "api", "cli", "adapter", "frontend"},
     "api": {"bench", "evals", "cli"},
 }
 _OPS_MAY_IMPORT = {"ops", "config"}
@@ -234,7 +236,8 @@ def test_layering_helpers_resolve_relative_imports_and_find_cycles():
 
 def test_units_import_each_other_in_one_direction():
     units, edges = _unit_graph()
-    for expected in ("config", "args", "sizing", "ops", "adapter", "model", "evals", "bench", "api", "frontend", "cli"):
+    for expected in ("config", "args", "sizing", "ops", "adapter", "model", "evals", "bench", "api", "frontend", "cli",
+                     "refine"):
         assert expected in units, f"unit {expected} is missing from sgl_qwen1m"
 
     def where(src, dst):

@@ -42,6 +42,7 @@ def register(subparsers: Any, evaluate: Optional[Callable[..., list]] = None) ->
     sp.add_argument("--vertical", type=int, default=128, help="vertical_size of every head (%(default)s)")
     sp.add_argument("--slash", type=int, default=256, help="slash_size of every head (%(default)s)")
     sp.add_argument("--threshold", type=int, default=2048, help="sparse_attention_threshold (%(default)s)")
+    sp.add_argument("--budgets", default=None, help="per-head budgets file to copy instead (e.g. refine's output)")
     sp.set_defaults(handler=_run_export_sparse)
     i = sub.add_parser("info", help="print the model's shape, parameter count and weight size")
     i.add_argument("--model", default=str(BUNDLED_MODEL_DIR))
@@ -119,7 +120,8 @@ def _run_export_rope(args: argparse.Namespace, argv: list[str]) -> int:
 def _run_export_sparse(args: argparse.Namespace, argv: list[str]) -> int:
     from sgl_qwen1m.model.spec import export_sparse_variant
 
-    print(export_sparse_variant(args.model, args.out, args.vertical, args.slash, args.threshold))
+    print(export_sparse_variant(args.model, args.out, args.vertical, args.slash, args.threshold,
+                                args.budgets))
     return 0
 
 
