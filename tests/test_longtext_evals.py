@@ -114,3 +114,25 @@ def test_code_retrieval_prompts_and_scoring(code):
     recs = evaluate_code(TorchRunner(model=tiny_lm(tok.get_vocab_size()), progress=False), samples[:2], tok)
     assert [r.score for r in recs] == [score_code(s, r.output_text) for (_, s), r in zip(samples[:2], recs)]
     assert all(0 < len(r.output_ids) <= 12 for r in recs)
+
+
+def test_eval_longtext_verb_on_the_torch_reference(tmp_path):
+    import json
+
+    from sgl_qwen1m.cli import main
+    from sgl_qwen1m.model.text_data import build_dataset
+
+    data, out = tmp_path / "data", tmp_path / "lm"
+    build_dataset([PKG / "ops"], data, vocab_size=400, heldout_pct=40.0)
+    assert main(["train-lm", "--data", str(data), "--out", str(out), "--preset", "smoke", "--steps", "2",
+                 "--batch", "1", "--micro-batch", "1", "--eval-windows", "1", "--device", "cpu"]) == 0
+    res = tmp_path / "res.json"
+    assert main(["eval", "longtext", "--model", str(out), "--data", str(data), "--multiples", "1,2", "--samples", "1",
+                 "--ppl-seqs", "1", "--model-name", "smoke-lm", "--out", str(res)]) == 0
+    rows = json.loads(res.read_text())["rows"]
+    ppl = [r for r in rows if r["metric"] == "perplexity"]
+    assert {r["length_multiple"] for r in ppl} == {1, 2} and all(r["model"] == "smoke-lm" for r in rows)
+    assert [r["position_start"] for r in ppl if r["length_multiple"] == 2] == [0, 512, 0]  # 2 buckets + overall
+    acc = [r for r in rows if r["metric"] == "accuracy"]
+    assert [(r["task"], r["length_multiple"], r["samples"]) for r in acc] == [("code_retrieval", 1, 1),
+                                                                               ("code_retrieval", 2, 1)]

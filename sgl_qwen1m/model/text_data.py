@@ -138,7 +138,7 @@ def build_dataset(
     vocab_size: int = 16384,
     heldout_pct: float = 2.0,
     max_bytes: int = 512 * 1024,
-    tokenizer_sample_bytes: Optional[int] = 200 * 2**20,
+    tokenizer_sample_bytes: Optional[int] = 64 * 2**20,
 ) -> dict:
     """Collect, split, train the tokenizer (on at most ``tokenizer_sample_bytes`` of training text, taken in hash
     order), encode both splits; returns the manifest (also written to ``out_dir/manifest.json``)."""

@@ -1,7 +1,7 @@
 """A small Qwen2 language model pretrained from scratch on real text, with plain RoPE (no DCA, no long-context trick).
 
     python -m sgl_qwen1m train-lm --roots /tmp/site,/usr/lib/python3/dist-packages --data runs/lm/data \\
-        --out runs/lm/model --device cuda                       # defaults below: ~107M parameters, 157M tokens
+        --out runs/lm/model --device cuda                       # defaults below: ~107M parameters, 105M tokens
     python -m sgl_qwen1m train-lm --roots sgl_qwen1m --data /tmp/d --out /tmp/m --preset smoke --device cpu
 
 Data: :mod:`sgl_qwen1m.model.text_data` (built into ``--data`` unless its manifest exists). Model: Qwen2 with
@@ -17,7 +17,10 @@ Size arithmetic of the default (``gpu``) preset, for one H200 (989 TFLOP/s dense
   x 8 layers = 90.2M; tied embedding ``16384 x 1024`` = 16.8M; ~107M in all;
 * training FLOPs per token: ``6 x (90.2M + 16.8M)`` (layers + LM head) = 642M, plus attention
   ``3 x 4 x 128 x 8 heads x 8 layers x 1024`` (mean causal keys at 2048) = 101M: ~0.74 GFLOP/token;
-* 1,200 steps x 64 x 2,048 = 157M tokens = 1.17e17 FLOP: 5.6 min at 35% of peak (346 TFLOP/s), 8 min at 25%.
+* 800 steps x 64 x 2,048 = 105M tokens = 7.8e16 FLOP: 3.8 min at 35% of peak (346 TFLOP/s), 5.3 min at 25%
+  (estimates, not measurements: the log prints tokens/s; plain eager PyTorch, no ``torch.compile``). That is about
+  one token per parameter, far from compute-optimal, on purpose: minutes, not hours. The data (Python sources and
+  docs of the installed packages) is expected to hold ~50-150M training tokens, so about one epoch.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ __all__ = ["PRESETS", "lm_config", "train_lm", "heldout_loss", "DESCRIPTION"]
 
 PRESETS: dict[str, dict[str, Any]] = {
     "gpu": {"layers": 8, "heads": 8, "kv_heads": 2, "intermediate": 2816, "seq_len": 2048, "vocab": 16384,
-            "batch": 64, "micro_batch": 16, "steps": 1200, "lr": 1e-3},
+            "batch": 64, "micro_batch": 16, "steps": 800, "lr": 1e-3},
     "smoke": {"layers": 1, "heads": 2, "kv_heads": 1, "intermediate": 256, "seq_len": 512, "vocab": 512,
               "batch": 4, "micro_batch": 4, "steps": 30, "lr": 3e-3},
 }
