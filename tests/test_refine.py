@@ -137,3 +137,16 @@ def test_tiny_model_refinement_writes_a_servable_budget_file(tmp_path):
         want = model.generate(s.prompt_ids, s.max_new_tokens)
         got = sparse.generate(s.prompt_ids, s.max_new_tokens)
         assert got == want, (builder.decode(got), builder.decode(want))
+
+
+def test_calibration_windows_from_a_token_stream_and_clear_errors(tmp_path):
+    import numpy as np
+
+    (tmp_path / "a.bin").write_bytes(np.arange(12, dtype=np.uint16).tobytes())
+    assert load_calibration(str(tmp_path / "a.bin"), 5, 2) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    (tmp_path / "b.json").write_text(json.dumps([[1, 2], [3, 4]]))
+    assert load_calibration(str(tmp_path / "b.json"), 5, 3) == [[1, 2, 0, 3, 4]]  # runs joined by EOS (0)
+    with pytest.raises(ValueError, match="needs at least 50"):
+        load_calibration(str(tmp_path / "b.json"), 50)
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        load_calibration(str(tmp_path / "*.txt"), 5)

@@ -63,6 +63,7 @@ def _train_lm_arguments(subparsers: Any) -> None:
     p.add_argument("--data", required=True, help="data directory (built from --roots unless it has manifest.json)")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--preset", choices=("gpu", "smoke"), default="gpu", help="sizes (text_lm.PRESETS; %(default)s)")
+    p.add_argument("--data-only", action="store_true", help="build the data set (and tokenizer) and stop")
     for name in ("layers", "heads", "kv_heads", "intermediate", "seq_len", "vocab", "batch", "micro_batch", "steps"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=None)
     p.add_argument("--lr", type=float, default=None)

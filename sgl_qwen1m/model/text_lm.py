@@ -85,17 +85,19 @@ def heldout_loss(model: TinyQwen2, data, seq_len: int, windows: int, dev: torch.
 
 
 def train_lm(args: argparse.Namespace) -> Path:
-    """Build data if needed, train, write the model dir + ``training_log.json`` (+ ``loss_curve.png``)."""
+    """Build data if needed, train, write the model dir + ``training_log.json`` (+ ``loss_curve.png``); with
+    ``args.data_only`` stop after the data (returns the data directory)."""
     data_dir, out = Path(args.data), Path(args.out)
     if not (data_dir / MANIFEST).is_file():
         if not args.roots:
             raise ValueError(f"{data_dir} holds no {MANIFEST}: pass --roots to build the data set")
         build_dataset(args.roots.split(","), data_dir, vocab_size=args.vocab, heldout_pct=args.heldout_pct)
     manifest = json.loads((data_dir / MANIFEST).read_text())
+    print(f"data {data_dir}: {json.dumps(manifest['counts'])}")
+    if getattr(args, "data_only", False):
+        return data_dir
     torch.manual_seed(args.seed)
     dev = torch.device(args.device)
-    if dev.type == "cpu":
-        torch.set_flush_denormal(True)
     cfg = lm_config(manifest["vocab_size"], args.seq_len, args.layers, args.heads, args.kv_heads, args.intermediate)
     model = TinyQwen2(cfg, use_dca=False).to(dev)
     train, held = read_tokens(data_dir / "train.bin"), read_tokens(data_dir / "heldout.bin")

@@ -4,7 +4,8 @@
 
 * ``.json``: a list of token ids, a list of such lists, or ``{"input_ids": [...]}``;
 * ``.jsonl``: one object per line with ``input_ids`` (ids) or ``text`` (tokenized);
-* ``.bin``: a raw ``uint16`` token stream (the text-LM data builder's ``heldout.bin``);
+* ``.bin``: a raw ``uint16`` token stream (the text-LM data builder's ``train.bin`` / ``heldout.bin``; only the
+  tokens needed are read);
 * anything else: UTF-8 text, tokenized with the model directory's ``tokenizer.json``.
 
 Every file / entry becomes one token run; runs are joined with the model's EOS id and the stream is cut into
@@ -29,7 +30,7 @@ def calibration_files(pattern: str) -> list[Path]:
     return files
 
 
-def _runs(path: Path, tokenizer) -> list[list[int]]:  # noqa: ANN001
+def _runs(path: Path, tokenizer, limit: int) -> list[list[int]]:  # noqa: ANN001
     if path.suffix == ".json":
         raw = json.loads(path.read_text())
         if isinstance(raw, dict):
@@ -55,7 +56,7 @@ def _runs(path: Path, tokenizer) -> list[list[int]]:  # noqa: ANN001
     if path.suffix == ".bin":
         import numpy as np
 
-        return [np.fromfile(path, dtype=np.uint16).astype(np.int64).tolist()]
+        return [np.fromfile(path, dtype=np.uint16, count=limit).astype(np.int64).tolist()]  # only what is used
     return [_encode(tokenizer, path.read_text(encoding="utf-8", errors="replace"), path)]
 
 
@@ -78,7 +79,7 @@ def load_calibration(
         tokenizer = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
     stream: list[int] = []
     for f in calibration_files(pattern):
-        for run in _runs(f, tokenizer):
+        for run in _runs(f, tokenizer, length * num_seqs - len(stream)):
             if stream:
                 stream.append(eos_id)
             stream += run
