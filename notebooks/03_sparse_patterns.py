@@ -79,9 +79,9 @@ captured = []
 orig_attend = model._attend
 
 
-def recording_attend(q, k_new, k, v, pos, scale_len, impl):
+def recording_attend(q, k_new, k, v, pos, scale_len, impl, layer=0):
     captured.append((q.detach().clone(), k.detach().clone(), v.detach().clone(), pos.clone(), scale_len))
-    return orig_attend(q, k_new, k, v, pos, scale_len, impl)
+    return orig_attend(q, k_new, k, v, pos, scale_len, impl, layer=layer)
 
 
 model._attend = recording_attend

@@ -4,8 +4,10 @@
     python -m sgl_qwen1m eval {run,agree} ...           # accuracy harness (evals/cli.py)
     python -m sgl_qwen1m bench {e2e,serve-smoke,reliability,ops-decode,ops-sparse,plot,plan} ...   # (bench/cli.py)
     python -m sgl_qwen1m train --out DIR ...            # train the tiny model (model/cli.py, model/train.py)
+    python -m sgl_qwen1m train-lm --roots ... --data D --out DIR   # small LM on real text (model/text_lm.py)
     python -m sgl_qwen1m model {export-rope-variant,export-sparse-variant,info,write-config} ...   (model/cli.py)
     python -m sgl_qwen1m plan --lengths 128K,1M         # FLOP floor + memory split, no GPU (= bench plan)
+    python -m sgl_qwen1m refine --calib F --length N --out F   # sparsity refinement (refine/cli.py)
 
 ``python -m sgl_qwen1m.bench ...`` is kept as ``python -m sgl_qwen1m bench ...`` (committed results record it).
 Every leaf parser sets ``handler(ns, argv) -> int`` (``argv``: the words after the verb); :func:`main` calls it
@@ -23,10 +25,11 @@ from sgl_qwen1m.args import CommandError
 from sgl_qwen1m.bench import cli as bench_cli
 from sgl_qwen1m.evals import cli as evals_cli
 from sgl_qwen1m.model import cli as model_cli
+from sgl_qwen1m.refine import cli as refine_cli
 
 __all__ = ["build_parser", "main"]
 
-VERBS = ("demo", "eval", "bench", "train", "model", "plan")
+VERBS = ("demo", "eval", "bench", "train", "train-lm", "model", "plan", "refine")
 
 
 def _reference_accuracy(*args: Any) -> list:
@@ -44,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(required=True, metavar="{" + ",".join(VERBS) + "}")
     evals_cli.register(sub)  # demo, eval
     bench_cli.register(sub)  # bench
-    model_cli.register(sub, evaluate=_reference_accuracy)  # train, model
+    model_cli.register(sub, evaluate=_reference_accuracy)  # train, train-lm, model
     bench_cli.register_plan(sub)  # plan
+    refine_cli.register(sub)  # refine
     return p
 
 

@@ -133,6 +133,7 @@ def test_core_import_is_light_and_does_not_initialise_cuda():
 # ``ops`` and counts as ``ops`` (a missing folder is simply absent). Allowed direction, lowest first:
 #   config, args, sizing <- ops <- model <- evals <- bench <- cli <- __main__      (adapter: above ops and config)
 #   scheduler: above config, sizing and ops (plain Python; never adapter or bench)
+#   refine (sparsity refinement): above ops, model and sizing; beside evals (neither imports the other); below cli
 
 _ALIASES = {"attention": "ops"}
 _ENTRY = "__main__"
@@ -140,8 +141,9 @@ _LAYER_RULES = {  # unit -> units it must never import (None: it may import noth
     "config": None,
     "args": None,
     "sizing": None,
-    "model": {"evals", "bench", "api", "cli"},
-    "evals": {"bench", "cli"},
+    "model": {"evals", "bench", "api", "cli", "refine"},
+    "evals": {"bench", "cli", "refine"},
+    "refine": {"evals", "bench", "api", "cli", "adapter", "frontend"},
     "api": {"bench", "evals", "cli"},
 }
 # scheduler: plain-Python step costs and policy; it may use config, sizing and the ops' host planning only.
@@ -238,7 +240,7 @@ def test_layering_helpers_resolve_relative_imports_and_find_cycles():
 def test_units_import_each_other_in_one_direction():
     units, edges = _unit_graph()
     for expected in ("config", "args", "sizing", "ops", "scheduler", "adapter", "model", "evals", "bench", "api",
-                     "frontend", "cli"):
+                     "frontend", "cli", "refine"):
         assert expected in units, f"unit {expected} is missing from sgl_qwen1m"
 
     def where(src, dst):

@@ -5,7 +5,9 @@
 * ``torch_qwen2``: :class:`TinyQwen2`, a pure-torch Qwen2 with plain RoPE or DCA (CPU or CUDA);
 * ``tasks``: the RULER-style retrieval tasks (training data and the eval harness's prompts);
 * ``train``: ``python -m sgl_qwen1m train`` (synthetic long-context retrieval);
-* ``cli``: the ``train`` and ``model`` verbs of :mod:`sgl_qwen1m.cli`.
+* ``capture``: every layer's attention inputs of a reference prefill (for :mod:`sgl_qwen1m.refine`);
+* ``text_data``, ``text_lm``: the small real-text LM (data builder, tokenizer, ``python -m sgl_qwen1m train-lm``);
+* ``cli``: the ``train``, ``train-lm`` and ``model`` verbs of :mod:`sgl_qwen1m.cli`.
 
 Nothing here imports SGLang.
 """

@@ -5,6 +5,7 @@ python -m sgl_qwen1m model export-sparse-variant --out /tmp/tiny-sparse --vertic
 python -m sgl_qwen1m model info                                      # shapes, parameter count, weight size
 python -m sgl_qwen1m model write-config --out DIR [--seq-len 4096]    # config + tokenizer, no weights
 python -m sgl_qwen1m train --out /tmp/smoke --steps 20 --seq-len 256 --device cpu   # see sgl_qwen1m.model.train
+python -m sgl_qwen1m train-lm --roots DIR,DIR --data DATA --out DIR [--preset gpu|smoke]   # sgl_qwen1m.model.text_lm
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def register(subparsers: Any, evaluate: Optional[Callable[..., list]] = None) ->
     _train_arguments(subparsers.add_parser("train", help=TRAIN_DESCRIPTION, description=TRAIN_DESCRIPTION))
     subparsers.choices["train"].set_defaults(handler=functools.partial(_run_train, evaluate=evaluate))
 
+    _train_lm_arguments(subparsers)
     m = subparsers.add_parser("model", help="utilities around a model directory (variants, info, config)")
     sub = m.add_subparsers(required=True, metavar="{export-rope-variant,export-sparse-variant,info,write-config}")
     e = sub.add_parser("export-rope-variant", help="copy a model dir with the DCA config removed (RoPE baseline)")
@@ -42,6 +44,7 @@ def register(subparsers: Any, evaluate: Optional[Callable[..., list]] = None) ->
     sp.add_argument("--vertical", type=int, default=128, help="vertical_size of every head (%(default)s)")
     sp.add_argument("--slash", type=int, default=256, help="slash_size of every head (%(default)s)")
     sp.add_argument("--threshold", type=int, default=2048, help="sparse_attention_threshold (%(default)s)")
+    sp.add_argument("--budgets", default=None, help="per-head budgets file to copy instead (e.g. refine's output)")
     sp.set_defaults(handler=_run_export_sparse)
     i = sub.add_parser("info", help="print the model's shape, parameter count and weight size")
     i.add_argument("--model", default=str(BUNDLED_MODEL_DIR))
@@ -50,6 +53,44 @@ def register(subparsers: Any, evaluate: Optional[Callable[..., list]] = None) ->
     w.add_argument("--out", required=True)
     w.add_argument("--seq-len", type=int, default=4096)
     w.set_defaults(handler=_run_write_config)
+
+
+def _train_lm_arguments(subparsers: Any) -> None:
+    """The ``train-lm`` verb (:mod:`sgl_qwen1m.model.text_lm`); ``--preset`` fills every size argument not given."""
+    desc = "Pretrain a small Qwen2 LM (plain RoPE) on Python package sources/docs; writes a servable model dir."
+    p = subparsers.add_parser("train-lm", help=desc, description=desc)
+    p.add_argument("--roots", default=None, help="comma-separated directories to collect .py/.md/.rst files from")
+    p.add_argument("--data", required=True, help="data directory (built from --roots unless it has manifest.json)")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--preset", choices=("gpu", "smoke"), default="gpu", help="sizes (text_lm.PRESETS; %(default)s)")
+    p.add_argument("--data-only", action="store_true", help="build the data set (and tokenizer) and stop")
+    for name in ("layers", "heads", "kv_heads", "intermediate", "seq_len", "vocab", "batch", "micro_batch", "steps"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--heldout-pct", type=float, default=2.0, help="share of files held out, in %% (%(default)s)")
+    p.add_argument("--eval-windows", type=int, default=64, help="held-out windows for in-length perplexity")
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="default cuda if available, else cpu")
+    p.set_defaults(handler=_run_train_lm)
+
+
+def _run_train_lm(ns: argparse.Namespace, argv: list[str]) -> int:
+    import torch
+
+    from sgl_qwen1m.args import CommandError
+    from sgl_qwen1m.model.text_lm import PRESETS, train_lm
+
+    for k, v in PRESETS[ns.preset].items():
+        if getattr(ns, k) is None:
+            setattr(ns, k, v)
+    ns.device = ns.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ns.command = "python -m sgl_qwen1m train-lm " + " ".join(argv)
+    try:
+        train_lm(ns)
+    except (ValueError, FileNotFoundError) as e:
+        raise CommandError(str(e)) from None
+    return 0
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
@@ -119,7 +160,8 @@ def _run_export_rope(args: argparse.Namespace, argv: list[str]) -> int:
 def _run_export_sparse(args: argparse.Namespace, argv: list[str]) -> int:
     from sgl_qwen1m.model.spec import export_sparse_variant
 
-    print(export_sparse_variant(args.model, args.out, args.vertical, args.slash, args.threshold))
+    print(export_sparse_variant(args.model, args.out, args.vertical, args.slash, args.threshold,
+                                args.budgets))
     return 0
 
 

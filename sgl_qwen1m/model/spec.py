@@ -18,6 +18,7 @@ from sgl_qwen1m.model.vocab import EOS_ID, VOCAB_SIZE, save_tokenizer
 __all__ = [
     "BUNDLED_MODEL_DIR",
     "WEIGHTS_FILE",
+    "SPARSE_FILE",
     "TOKENIZER_FILES",
     "make_config",
     "write_model_dir",
@@ -30,6 +31,7 @@ __all__ = [
 
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "data" / "tiny-dca"
 WEIGHTS_FILE = "model.safetensors"
+SPARSE_FILE = "sparse_attention_config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 TRAIN_HINT = (  # the recipe of the committed weights (sgl_qwen1m/data/tiny-dca/README.md)
     "python -m sgl_qwen1m train --out sgl_qwen1m/data/tiny-dca --seq-len 1024 --rope-theta 2500 "
@@ -148,11 +150,17 @@ def export_rope_variant(model_dir: Union[str, Path], out_dir: Union[str, Path]) 
 
 
 def export_sparse_variant(
-    model_dir: Union[str, Path], out_dir: Union[str, Path], vertical: int, slash: int, threshold: int
+    model_dir: Union[str, Path],
+    out_dir: Union[str, Path],
+    vertical: int,
+    slash: int,
+    threshold: int,
+    budgets_file: Union[str, Path, None] = None,
 ) -> Path:
     """Copy ``model_dir`` with a ``sparse_attention_config.json`` giving every head ``(vertical, slash)`` budgets and
     ``sparse_attention_threshold = threshold``: the bundled model's sparse-prefill variant (SGLang loads the budgets
-    file beside ``config.json`` and turns sparse prefill on)."""
+    file beside ``config.json`` and turns sparse prefill on). ``budgets_file``: copy these per-head budgets instead
+    (e.g. ``python -m sgl_qwen1m refine``'s output; checked against the model's layers and heads)."""
     src, out = Path(model_dir), Path(out_dir)
     if src.resolve() == out.resolve():
         raise ValueError("export_sparse_variant: out_dir must differ from model_dir")
@@ -169,6 +177,10 @@ def export_sparse_variant(
     heads = int(config["num_attention_heads"])
     budgets = [{str(h): ["vertical_and_slash", vertical, slash, None] for h in range(heads)}
                for _ in range(int(config["num_hidden_layers"]))]
+    if budgets_file is not None:
+        from sgl_qwen1m.config import SparseBudgets
+
+        budgets = SparseBudgets.from_json(budgets_file, int(config["num_hidden_layers"]), heads).to_list()
     for name in (*TOKENIZER_FILES, "generation_config.json", WEIGHTS_FILE):
         if (src / name).is_file():
             shutil.copyfile(src / name, out / name)

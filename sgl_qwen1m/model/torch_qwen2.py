@@ -13,6 +13,10 @@ D head dim (128), E hidden size, V vocab size, C DCA chunk length ``chunk_size -
   With ``impl="auto"`` a prefill of at most ``chunk_size`` tokens takes the exactly equivalent causal SDPA and a
   longer one the blocked form of :mod:`sgl_qwen1m.model.dca_train` (both tested equal to the reference);
   ``impl="ref"`` always calls the reference.
+* Sparse prefill (``use_sparse=True``, or :meth:`TinyQwen2.set_sparse`): a full prefill longer than the sparse
+  threshold attends only the keys ``qwen1m``'s vertical-slash selection keeps, per piece and head, through
+  :func:`sgl_qwen1m.ops.sparse.prompt_ref.sparse_attention_prompt_ref` (the fp32 oracle of the Triton path; no
+  engine chunked prefill: pieces are the DCA chunks). Decode stays dense, as in serving.
 """
 
 from __future__ import annotations
@@ -26,15 +30,18 @@ from torch import nn
 
 from sgl_qwen1m.ops.dca.plan import dca_positions, yarn_logit_scale
 from sgl_qwen1m.ops.dca.reference import dca_attention_ref
-from sgl_qwen1m.config import DCAConfig
+from sgl_qwen1m.config import DCAConfig, SparseBudgets
+from sgl_qwen1m.ops.sparse.plan import LayerBudget, layer_budgets
+from sgl_qwen1m.ops.sparse.prompt_ref import sparse_attention_prompt_ref
 from sgl_qwen1m.model.dca_train import dca_blocked_attention
-from sgl_qwen1m.model.spec import WEIGHTS_FILE, read_config
+from sgl_qwen1m.model.spec import SPARSE_FILE, WEIGHTS_FILE, read_config
 from sgl_qwen1m.model.vocab import EOS_ID
 
 __all__ = ["TinyQwen2", "KVCache", "rope_cos_sin", "apply_rope"]
 
 KVCache = list  # per layer: [k [L, Hkv, D] rotated for storage, v [L, Hkv, D]]
 _Q_VARIANTS = ("q_intra", "q_succ", "q_inter")  # the three variants attention uses (the critical ones only rank)
+Q5_VARIANTS = (*_Q_VARIANTS, "q_succ_critical", "q_inter_critical")  # SGLang's order of the five
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,6 +125,9 @@ class TinyQwen2(nn.Module):
         if use_dca and dca is None:
             raise ValueError("use_dca=True but config.json has no dual_chunk_attention_config")
         self.sm_scale = self.head_dim**-0.5
+        self.sparse: Optional[list[LayerBudget]] = None
+        self.sparse_threshold = 0
+        self.sparse_last_q = 64
         std = float(config.get("initializer_range", 0.02))
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
@@ -128,17 +138,41 @@ class TinyQwen2(nn.Module):
     # ---------------------------------------------------------------- weights
     @classmethod
     def from_pretrained(
-        cls, model_dir: Union[str, Path], device: Union[str, torch.device] = "cpu", use_dca: Optional[bool] = None
+        cls,
+        model_dir: Union[str, Path],
+        device: Union[str, torch.device] = "cpu",
+        use_dca: Optional[bool] = None,
+        use_sparse: bool = False,
     ) -> "TinyQwen2":
-        """Load ``config.json`` + ``model.safetensors``; parameters are fp32 (upcast from bf16), eval mode."""
+        """Load ``config.json`` + ``model.safetensors``; parameters are fp32 (upcast from bf16), eval mode.
+
+        ``use_sparse``: run long prefills sparse with ``model_dir/sparse_attention_config.json`` and the DCA
+        block's ``sparse_attention_threshold`` / ``sparse_attention_last_q``."""
         from safetensors.torch import load_file
 
         model = cls(read_config(model_dir), use_dca=use_dca)
+        if use_sparse:
+            path = Path(model_dir) / SPARSE_FILE
+            if not path.is_file():
+                raise ValueError(f"use_sparse=True but {path} does not exist")
+            model.set_sparse(SparseBudgets.from_json(path, len(model.model.layers), model.model.layers[0].self_attn.h))
         state = load_file(str(Path(model_dir) / WEIGHTS_FILE))
         missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
         if missing or [k for k in unexpected if k != "lm_head.weight"]:
             raise ValueError(f"checkpoint mismatch: missing {missing}, unexpected {unexpected}")
         return model.to(device).eval()
+
+    def set_sparse(self, budgets: Optional[SparseBudgets], threshold: Optional[int] = None,
+                   last_q: Optional[int] = None) -> None:
+        """Turn sparse prefill on with ``budgets`` (None: off); threshold/last_q default to the DCA config's."""
+        if budgets is None:
+            self.sparse = None
+            return
+        if self.dca is None:
+            raise ValueError("sparse prefill needs DCA (the model has no dual_chunk_attention_config)")
+        self.sparse = layer_budgets(budgets, self.model.embed_tokens.weight.device)
+        self.sparse_threshold = self.dca.sparse_attention_threshold if threshold is None else threshold
+        self.sparse_last_q = self.dca.sparse_attention_last_q if last_q is None else last_q
 
     def save_weights(self, model_dir: Union[str, Path], dtype: torch.dtype = torch.bfloat16) -> Path:
         """Write ``model.safetensors`` (tied: no ``lm_head.weight``) in ``dtype``; returns the file path."""
@@ -195,6 +229,7 @@ class TinyQwen2(nn.Module):
         pos: torch.Tensor,
         scale_len: int,
         impl: str,
+        layer: int = 0,
     ) -> torch.Tensor:
         """Attention of new queries ``q [T, H, D]`` (unrotated) over cached ``k, v [L, Hkv, D]`` (k rotated
         for storage, new tokens included); ``k_new [T, Hkv, D]`` are the new tokens' unrotated keys and
@@ -205,6 +240,12 @@ class TinyQwen2(nn.Module):
         full_prefill = t == n_keys and int(pos[0]) == 0
         g = q.shape[1] // k.shape[1]
         vg = v.float().transpose(0, 1).repeat_interleave(g, 0)  # [H, L, D]
+        if full_prefill and self.sparse is not None and n_keys > self.sparse_threshold:
+            dp = dca_positions(pos, dca)
+            q5 = torch.stack([apply_rope(q.float(), *rope_cos_sin(dp[n], d, self.theta)) for n in Q5_VARIANTS], 1)
+            o, _ = sparse_attention_prompt_ref(q5, k.float(), v.float(), dca.chunk_len, self.sm_scale, logit_scale,
+                                               self.sparse[layer], last_q=self.sparse_last_q)
+            return o
         if full_prefill and impl == "auto" and (dca is None or n_keys <= dca.chunk_size):
             # Exact: up to chunk_size tokens DCA distances equal plain RoPE distances.
             cos, sin = rope_cos_sin(pos, d, self.theta)
@@ -257,7 +298,7 @@ class TinyQwen2(nn.Module):
                 cache.append([k[:0], v[:0]])
             cache[li][0] = torch.cat([cache[li][0], k])
             cache[li][1] = torch.cat([cache[li][1], v])
-            o = self._attend(q, k_raw, cache[li][0], cache[li][1], pos, scale_len, impl)
+            o = self._attend(q, k_raw, cache[li][0], cache[li][1], pos, scale_len, impl, layer=li)
             x = x + a.o_proj(o.reshape(t, a.h * a.d))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         h = self.model.norm(x[-1])

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
@@ -132,11 +132,14 @@ def build_tokenizer() -> Tokenizer:
     return tok
 
 
-def save_tokenizer(out_dir: Union[str, Path], model_max_length: int = 131072) -> None:
-    """Write the three tokenizer files into ``out_dir`` (created if needed)."""
+def save_tokenizer(
+    out_dir: Union[str, Path], model_max_length: int = 131072, tokenizer: Optional[Tokenizer] = None
+) -> None:
+    """Write the three tokenizer files into ``out_dir`` (created if needed); ``tokenizer`` defaults to the bundled
+    one (any tokenizer built on the same Qwen2 pipeline with ``<|endoftext|>`` as id 0 fits the config files)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    build_tokenizer().save(str(out / "tokenizer.json"))
+    (tokenizer or build_tokenizer()).save(str(out / "tokenizer.json"))
     special = {"eos_token": EOS, "pad_token": EOS, "unk_token": None, "bos_token": None}
     cfg = {
         "tokenizer_class": "Qwen2Tokenizer",

@@ -1,0 +1,115 @@
+"""Retrieval in the text's own idiom: a Python assignment planted deep in concatenated held-out code, asked for at
+the end.
+
+Prompt (ids, exactly ``prompt_len`` of them)::
+
+    <held-out documents joined by EOS ...>
+    SOME_UNIQUE_NAME = "482913"             <- the needle, a line of its own at depth d (after a newline token)
+    <... more held-out documents>
+
+    assert SOME_UNIQUE_NAME == "            <- the query; the model should continue with 482913"
+
+The name is two upper-case words and a number (never in the haystack: checked), the value six digits (one token
+per digit under Qwen's split rule). Scoring: exact match of the text before the first ``"`` of the continuation.
+Samples run through any :class:`sgl_qwen1m.evals.runners.Runner` (token ids in, greedy ids out).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+from sgl_qwen1m.evals.harness import Record, prompt_length
+from sgl_qwen1m.evals.perplexity import concat_documents
+from sgl_qwen1m.evals.runners import Runner
+
+__all__ = ["TASK", "CodeSample", "make_code_sample", "code_samples", "score_code", "evaluate_code"]
+
+TASK = "code_retrieval"
+_WORDS = ("CACHE", "LIMIT", "BUFFER", "TIMEOUT", "RETRY", "SHARD", "WORKER", "QUEUE", "TOKEN", "BATCH", "SEED",
+          "STRIDE", "WINDOW", "BUDGET", "OFFSET", "MARGIN", "PREFIX", "SUFFIX", "ANCHOR", "VECTOR")
+
+
+@dataclass(frozen=True)
+class CodeSample:
+    task: str
+    prompt_ids: tuple[int, ...]
+    answers: tuple[str, ...]  # (value,)
+    name: str
+    depth: float  # where the needle starts, as a fraction of the prompt
+
+    @property
+    def max_new_tokens(self) -> int:
+        return 12  # six digits, the closing quote and slack
+
+
+def _newline_ends(tokenizer: Any) -> set[int]:
+    vocab = tokenizer.get_vocab()
+    return {i for i in vocab.values() if tokenizer.decode([i]).endswith("\n")}
+
+
+def make_code_sample(
+    tokenizer: Any,
+    docs: Sequence[Sequence[int]],
+    prompt_len: int,
+    rng: random.Random,
+    depth: Optional[float] = None,
+    newline_ids: Optional[set[int]] = None,
+    eos_id: int = 0,
+) -> CodeSample:
+    """One prompt of exactly ``prompt_len`` ids; ``depth`` in [0, 1] (default uniform in [0.05, 0.95])."""
+    depth = rng.uniform(0.05, 0.95) if depth is None else depth
+    value = str(rng.randrange(100000, 1000000))
+    hay_seed = rng.randrange(1 << 30)
+    for _ in range(20):
+        name = f"{rng.choice(_WORDS)}_{rng.choice(_WORDS)}_{rng.randrange(10, 100)}"
+        needle = tokenizer.encode(f'{name} = "{value}"\n', add_special_tokens=False).ids
+        query = tokenizer.encode(f'\n\nassert {name} == "', add_special_tokens=False).ids
+        n_hay = prompt_len - len(needle) - len(query)
+        if n_hay <= 0:
+            raise ValueError(f"prompt_len {prompt_len} is too short for the needle and query")
+        hay = concat_documents(docs, n_hay, seed=hay_seed, eos_id=eos_id)
+        if name not in tokenizer.decode(hay):
+            break
+    else:  # pragma: no cover - 20 collisions in a row
+        raise RuntimeError("could not find a name absent from the haystack")
+    nl = newline_ids if newline_ids is not None else _newline_ends(tokenizer)
+    at = int(depth * n_hay)
+    while at < n_hay and at > 0 and hay[at - 1] not in nl and hay[at - 1] != eos_id:
+        at += 1  # start the needle on a line of its own
+    ids = hay[:at] + needle + hay[at:] + query
+    return CodeSample(TASK, tuple(ids), (value,), name, at / prompt_len)
+
+
+def code_samples(
+    tokenizer: Any, docs: Sequence[Sequence[int]], multiples: Sequence[float], samples: int, train_len: int,
+    seed: int = 0, eos_id: int = 0,
+) -> list[tuple[float, CodeSample]]:
+    """``samples`` prompts per length multiple (``harness.prompt_length``), depths spread evenly, seeded."""
+    nl = _newline_ends(tokenizer)
+    out = []
+    for m in multiples:
+        rng = random.Random(f"{seed}/{TASK}/{m}")
+        n = prompt_length(m, train_len)
+        for i in range(samples):
+            depth = 0.05 + 0.9 * (i + 0.5) / samples
+            out.append((m, make_code_sample(tokenizer, docs, n, rng, depth, nl, eos_id)))
+    return out
+
+
+def score_code(sample: CodeSample, output_text: str) -> float:
+    """1.0 if the text before the first ``"`` is exactly the value (surrounding spaces ignored), else 0.0."""
+    return float(output_text.split('"', 1)[0].strip() == sample.answers[0])
+
+
+def evaluate_code(runner: Runner, samples: Sequence[tuple[float, CodeSample]], tokenizer: Any,
+                  eos_id: int = 0) -> list[Record]:
+    """Greedy continuations through ``runner``, scored; :class:`harness.Record` rows (``harness.aggregate`` them)."""
+    outs = runner.generate([s.prompt_ids for _, s in samples], [s.max_new_tokens for _, s in samples])
+    recs = []
+    for (m, s), o in zip(samples, outs):
+        ids = list(o)[: list(o).index(eos_id)] if eos_id in o else list(o)
+        text = tokenizer.decode(ids)
+        recs.append(Record(runner.name, s.task, m, len(s.prompt_ids), list(s.answers), ids, text, score_code(s, text)))
+    return recs

@@ -1,0 +1,125 @@
+"""``python -m sgl_qwen1m eval longtext``: perplexity by position and code retrieval of a real-text LM at 1x-32x its
+training length, through the torch reference, an ``sglang.Engine`` or a running server.
+
+    # torch reference (CPU or CUDA), DCA from the config (or --rope for plain RoPE)
+    python -m sgl_qwen1m eval longtext --model runs/lm/model --data runs/lm/data --runner torch --device cuda \\
+        --multiples 1,2,4,8,16,32 --samples 20 --out benchmarks/results/text-lm/ref-dca.json
+    # SGLang Engine on the GPU host (backend labels of issue 17: qwen1m-dense, qwen1m-sparse, qwen1m-sparse-refined,
+    # flashinfer-rope on the export-rope-variant copy)
+    python -m sgl_qwen1m eval longtext --model runs/lm/model --data runs/lm/data --runner engine \\
+        --attention-backend qwen1m --backend-name qwen1m-dense --multiples 1,2,4,8,16,32 --out ...
+
+Rows: ``perplexity`` per position bucket (one training length wide) and overall, per multiple, on held-out
+documents concatenated to the length (``--ppl-seqs`` sequences, seeded); ``accuracy`` of ``code_retrieval``; all
+labelled with ``model`` (``--model-name``), ``backend``, ``task``, ``length_multiple``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register", "run_longtext"]
+
+
+def register(sub: Any) -> None:
+    """Add ``longtext`` under ``eval``'s subparsers."""
+    from sgl_qwen1m.args import key_value, positive_floats, positive_int
+
+    p = sub.add_parser("longtext", help="perplexity by position + code retrieval of a real-text LM (1x-32x)")
+    p.add_argument("--model", required=True, help="model directory (train-lm output)")
+    p.add_argument("--data", required=True, help="train-lm data directory (heldout.bin, heldout_docs.json)")
+    p.add_argument("--model-name", default=None, help="row label (default: the model directory's name)")
+    p.add_argument("--runner", choices=("torch", "engine", "http"), default="torch")
+    p.add_argument("--backend-name", default=None)
+    p.add_argument("--rope", action="store_true", help="torch runner: plain RoPE even if the config has DCA")
+    p.add_argument("--sparse", action="store_true", help="torch runner: sparse prefill for retrieval "
+                   "(sparse_attention_config.json); the torch perplexity stays dense (one training-style forward)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--attention-backend", default="qwen1m")
+    p.add_argument("--engine-arg", type=key_value, action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--url", default="http://127.0.0.1:30000")
+    p.add_argument("--multiples", type=positive_floats, default=[1.0, 2.0, 4.0])
+    p.add_argument("--samples", type=positive_int, default=20, help="code-retrieval prompts per multiple")
+    p.add_argument("--ppl-seqs", type=positive_int, default=4, help="perplexity sequences per multiple")
+    p.add_argument("--skip", choices=("perplexity", "retrieval"), default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="results JSON")
+    p.set_defaults(handler=_run)
+
+
+def run_longtext(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Rows for every multiple (see the module docstring)."""
+    from tokenizers import Tokenizer
+
+    from sgl_qwen1m.evals.code_retrieval import code_samples, evaluate_code
+    from sgl_qwen1m.evals.harness import aggregate
+    from sgl_qwen1m.evals.perplexity import concat_documents, position_edges, position_rows
+    from sgl_qwen1m.model.spec import read_config, train_length
+    from sgl_qwen1m.model.text_data import heldout_documents
+
+    cfg = read_config(args.model)
+    train_len = train_length(cfg)
+    eos = int(cfg.get("eos_token_id") or 0)
+    tok = Tokenizer.from_file(str(Path(args.model) / "tokenizer.json"))
+    docs = heldout_documents(args.data)
+    label = {"model": args.model_name or Path(args.model).name}
+    runner, scorer = _backends(args, int(max(args.multiples) * train_len) + 64)
+    rows: list[dict[str, Any]] = []
+    try:
+        if args.skip != "perplexity":
+            for m in args.multiples:
+                n = int(round(m * train_len))
+                per_seq = [scorer.token_nll(concat_documents(docs, n, seed=args.seed * 1000 + i, eos_id=eos))
+                           for i in range(args.ppl_seqs)]
+                import torch
+
+                nll = torch.stack([x.double() for x in per_seq]).mean(0)
+                common = {**label, "backend": runner.name, "task": "heldout_text", "length_multiple": m}
+                rows += position_rows(nll, position_edges(n, train_len), **common, sequences=args.ppl_seqs)
+                overall = float(nll.mean())
+                rows.append({"metric": "perplexity", **common, "position_start": 0, "position_end": n,
+                             "tokens": int(nll.numel()), "sequences": args.ppl_seqs, "nll": overall,
+                             "value": math.exp(overall)})
+                print(f"{runner.name} {m:g}x: perplexity {math.exp(overall):.3f}")
+        if args.skip != "retrieval":
+            work = code_samples(tok, docs, args.multiples, args.samples, train_len, seed=args.seed, eos_id=eos)
+            for r in aggregate(evaluate_code(runner, work, tok, eos_id=eos)):
+                rows.append({**label, **r})
+                print(f"{runner.name} {r['length_multiple']:g}x: code retrieval {r['value']:.3f}")
+    finally:
+        runner.close()
+    return rows
+
+
+def _backends(args: argparse.Namespace, longest: int) -> tuple[Any, Any]:
+    from sgl_qwen1m.evals.perplexity import HttpScorer, TorchScorer, engine_scorer
+    from sgl_qwen1m.evals.runners import EngineRunner, HttpRunner, TorchRunner
+
+    if args.runner == "torch":
+        from sgl_qwen1m.model.torch_qwen2 import TinyQwen2
+
+        model = TinyQwen2.from_pretrained(args.model, device=args.device, use_dca=False if args.rope else None,
+                                          use_sparse=args.sparse)
+        runner = TorchRunner(model=model, name=args.backend_name)
+        return runner, TorchScorer(model, name=runner.name)
+    if args.runner == "engine":
+        kw = {"context_length": longest + 256, **dict(args.engine_arg)}
+        runner = EngineRunner(args.model, args.attention_backend, name=args.backend_name, **kw)
+        return runner, engine_scorer(runner._start(), runner.name)
+    runner = HttpRunner(args.url, name=args.backend_name or "http")
+    runner.check_reachable()
+    return runner, HttpScorer(args.url, name=runner.name)
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    from sgl_qwen1m.evals.harness import write_results
+
+    rows = run_longtext(args)
+    if args.out:
+        cmd = "python -m sgl_qwen1m eval " + shlex.join(argv)
+        print(f"wrote {write_results(args.out, rows, cmd)}")
+    return 0
