@@ -46,16 +46,24 @@ class ReliabilityOptions(ServeOptions):
     """Server settings (:class:`ServeOptions`) and case sizes (:class:`Sizes`)."""
 
     out: str = "benchmarks/results/reliability-h200/reliability_h200.json"
+    url: str = ""
+    """An already running server on loopback: no launch, nothing restarted."""
+    max_restarts: int = 2
+    """Restarts after the server dies (deadline permitting)."""
+
+    # The 7B-1M shape with a small KV pool, so that "under the context, over the pool" cases are cheap.
     context_length: int = 245760
     max_total_tokens: int = 204800
     mem_fraction_static: float = 0.70
+    sizes: dict[str, int] = field(default_factory=dict)
+    """Overrides of :class:`Sizes` fields (tests use small ones)."""
+
     start_timeout_s: float = 240.0
     request_timeout_s: float = 60.0
+    """Per simple request."""
     idle_timeout_s: float = 60.0
+    """Wait for the KV pool to drain back to its idle level after a case."""
     deadline_s: float = 500.0
-    max_restarts: int = 2
-    url: str = ""  # an already running server: no launch (nothing restarted)
-    sizes: dict[str, int] = field(default_factory=dict)  # overrides of Sizes fields (tests use small ones)
 
 
 class Server:
