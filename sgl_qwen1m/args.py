@@ -42,37 +42,39 @@ class CommandError(Exception):
         self.exit_code = exit_code
 
 
+def _checked(text: str, convert, ok, syntax: str, value_error: str):
+    """``convert(text)`` if it parses (else ``"<syntax>, got <text>"``) and passes ``ok`` (else
+    ``"<value_error>, got <text>"``), both as ``argparse.ArgumentTypeError``."""
+    try:
+        value = convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{syntax}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{value_error}, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """An integer > 0 (``"8"``; not ``"0"``, ``"-1"``, ``"1.5"``)."""
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer > 0, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected an integer > 0, got {text!r}")
-    return value
+    return _checked(text, int, lambda v: v > 0, "expected an integer > 0", "expected an integer > 0")
 
 
 def positive_float(text: str) -> float:
     """A finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
+    return _checked(
+        text, float, lambda v: math.isfinite(v) and v > 0, "expected a number > 0", "expected a finite number > 0"
+    )
 
 
 def unit_fraction(text: str) -> float:
     """A fraction strictly between 0 and 1 (``--mem-fraction-static``)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1) (share of GPU memory), got {text!r}")
-    return value
+    return _checked(
+        text,
+        float,
+        lambda v: 0.0 < v < 1.0,
+        "expected a fraction in (0, 1)",
+        "expected a fraction in (0, 1) (share of GPU memory)",
+    )
 
 
 def _length(raw: str) -> int:

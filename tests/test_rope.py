@@ -101,14 +101,6 @@ print("ok")
 """
 
 
-def test_dca_rope_kernel_in_triton_interpreter():
+def test_dca_rope_kernel_in_triton_interpreter(run_in_triton_interpreter):
     """The Triton kernel itself, run on the CPU by Triton's interpreter, against the fp32 oracle."""
-    import os
-    import subprocess
-    import sys
-
-    pytest.importorskip("triton")
-    pytest.importorskip("numpy")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    res = subprocess.run([sys.executable, "-c", _INTERPRET_CHECK], env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
+    run_in_triton_interpreter(_INTERPRET_CHECK)

@@ -1,7 +1,9 @@
-"""Small helpers shared by the Engine and the HTTP benchmarks: prompts, output checks, progress, deadlines."""
+"""Small helpers shared by the Engine and the HTTP benchmarks: prompts, output checks, progress, deadlines, the
+streamed ``/generate`` reply's chunks."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -11,7 +13,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 __all__ = [
     "EngineOptions",
@@ -21,6 +23,7 @@ __all__ = [
     "Progress",
     "Deadline",
     "median",
+    "sse_chunks",
 ]
 
 @dataclass(kw_only=True)
@@ -130,6 +133,20 @@ class Deadline:
 def median(values: Sequence[float]) -> float:
     """Median of a non-empty sequence."""
     return float(statistics.median(values))
+
+
+def sse_chunks(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    """The JSON chunks of a server-sent-event stream (SGLang's streamed ``/generate``): each ``data:`` line parsed
+    (``json.JSONDecodeError``, a ``ValueError``, on a bad one), other lines skipped, ending at ``data: [DONE]`` or
+    when ``lines`` ends. An ``"error"`` chunk is yielded like any other: what it means is the caller's."""
+    for raw in lines:
+        line = raw.decode("utf-8", "replace").strip()
+        if not line.startswith("data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            return
+        yield json.loads(payload)
 
 
 def stop_process_group(proc: subprocess.Popen, log: Any, name: str, term_wait_s: float, kill_wait_s: float) -> None:

@@ -33,23 +33,44 @@ WORKER_GRACE_S = 45.0  # shutdown time granted to a worker past the deadline
 class E2EOptions(EngineOptions):
     """Everything a worker needs; serialised to JSON between the orchestrator and the workers."""
 
+    # What runs, and where the results go.
     backends: list[str]
-    lengths: list[int]
+    """Names in :data:`.backends.SPECS`, each run in its own worker, in this order."""
     out: str
-    decode_at: int = 0
-    decode_tokens: int = 32
-    decode_method: str = "stream"
-    check_tokens: int = 1024
-    check_new_tokens: int = 8
-    warmup_tokens: int = 40960
-    repeats: int = 1
-    peak_tflops: float = 800.0
-    deadline_at: float = 0.0
-    started_at: float = 0.0  # time.time() of the orchestrator's start, so workers log on the same clock
-    backend_timeout_s: float = 1800.0
-    time_unchecked: bool = False
+    """Results JSON (:mod:`.results`); the PNG goes beside it."""
     plot: bool = True
+    peak_tflops: float = 800.0
+    """For the arithmetic floor of the prefill (H100 dense bf16 ~800)."""
     engine_args: dict[str, Any] = field(default_factory=dict)
+    """Extra ``sgl.Engine`` / ``ServerArgs`` fields."""
+
+    # TTFT and decode timing.
+    lengths: list[int]
+    """Prompt lengths whose TTFT is measured."""
+    repeats: int = 1
+    """TTFT samples per length; the median is reported."""
+    decode_method: str = "stream"
+    """``stream``: one streamed request, prefix from the radix cache; ``diff``: ``(t(N+1) - t(1)) / N``."""
+    decode_at: int = 0
+    """Prompt length of the decode timing (0: none)."""
+    decode_tokens: int = 32
+
+    # Before any timing: a correctness check and a warm-up.
+    check_tokens: int = 1024
+    """Prompt of the check, answered with ``check_new_tokens`` ids."""
+    check_new_tokens: int = 8
+    time_unchecked: bool = False
+    """Time a backend even if its check failed."""
+    warmup_tokens: int = 40960
+    """Warm-up prompt (> 32K so the sparse paths compile)."""
+
+    # The orchestrator's clock.
+    deadline_at: float = 0.0
+    """``time.time()`` by which the run ends (0: none); set by the orchestrator from ``deadline_s``."""
+    started_at: float = 0.0
+    """``time.time()`` of the orchestrator's start, so workers log on the same clock."""
+    backend_timeout_s: float = 1800.0
+    """A backend's worker is killed after this long."""
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)

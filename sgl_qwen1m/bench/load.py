@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 from urllib.parse import urlsplit
 
-from .common import make_prompt
+from .common import make_prompt, sse_chunks
 from .results import Results, command_line
 
 __all__ = ["LoadOptions", "StreamTrace", "percentile", "gap_stats", "stream_generate", "run_load", "plot_timeline"]
@@ -107,17 +107,9 @@ def stream_generate(base: str, ids: list[int], new_tokens: int, trace: StreamTra
             trace.error = f"HTTP {resp.status}: {resp.read()[:200]!r}"
             return trace
         seen = 0
-        while not stop.is_set():
-            raw = resp.readline()
-            if not raw:
-                break
-            line = raw.decode("utf-8", "replace").strip()
-            if not line.startswith("data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == "[DONE]":
-                break
-            chunk = json.loads(payload)
+        # One line at a time until the stream ends or ``stop`` is set (checked before each read, as it blocks).
+        lines = iter(lambda: b"" if stop.is_set() else resp.readline(), b"")
+        for chunk in sse_chunks(lines):
             if "error" in chunk:
                 trace.error = str(chunk["error"])[:200]
                 break

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .backends import SPECS, model_label, prepare_model_dir, source_dir
-from .common import Deadline, EngineOptions, Progress, check_output, make_prompt, stop_process_group
+from .common import Deadline, EngineOptions, Progress, check_output, make_prompt, sse_chunks, stop_process_group
 from sgl_qwen1m.sizing import ModelShape, auto_context_length
 from .gpu_mem import GpuMemSampler
 from .results import Results, collect_versions, command_line, gpu_name
@@ -143,14 +143,7 @@ def _stream_generate(url: str, ids: list[int], new_tokens: int, timeout_s: float
     first: Optional[float] = None
     first_n, last = 0, {}
     with _HTTP.open(req, timeout=timeout_s) as resp:
-        for raw in resp:
-            line = raw.decode("utf-8", "replace").strip()
-            if not line.startswith("data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == "[DONE]":
-                break
-            chunk = json.loads(payload)
+        for chunk in sse_chunks(resp):
             if "error" in chunk:
                 raise RuntimeError(f"server error: {chunk['error']}")
             if first is None:

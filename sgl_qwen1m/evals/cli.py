@@ -104,17 +104,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _run_demo(args: argparse.Namespace, argv: list[str]) -> int:
     from sgl_qwen1m.evals.demo import run_demo
 
-    run_demo(
-        device=args.device,
-        samples=args.samples,
-        multiples=args.multiples,
-        tasks=args.tasks,
-        model_dir=args.model,
-        out=args.out,
-        seed=args.seed,
-        reference=args.reference,
-        engine_kwargs=dict(args.engine_arg),
-    )
+    same_name = {k: getattr(args, k) for k in ("device", "samples", "multiples", "tasks", "out", "seed", "reference")}
+    run_demo(model_dir=args.model, engine_kwargs=dict(args.engine_arg), **same_name)
     return 0
 
 
