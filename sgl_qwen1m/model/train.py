@@ -148,11 +148,20 @@ def train(args: argparse.Namespace, evaluate: Optional[Evaluate] = None) -> Tiny
     """Train per ``args`` (the ``train`` verb's namespace, defaults filled in), write the model directory, return the
     model (eval mode). With ``evaluate`` and ``args.eval_samples > 0`` the written model is checked with it and the
     rows land in ``training_args.json`` (``"final"``)."""
+    on_cpu = torch.device(args.device).type == "cpu"
+    if on_cpu:
+        torch.set_flush_denormal(True)  # subnormal floats make CPU training several times slower
+    try:
+        return _train(args, evaluate)
+    finally:
+        if on_cpu:  # a process-wide switch: give the caller (a test run, a notebook) its default back
+            torch.set_flush_denormal(False)
+
+
+def _train(args: argparse.Namespace, evaluate: Optional[Evaluate]) -> TinyQwen2:
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     dev = torch.device(args.device)
-    if dev.type == "cpu":
-        torch.set_flush_denormal(True)  # subnormal floats make CPU training several times slower
     config = make_config(
         seq_len=args.seq_len,
         num_layers=args.layers,
