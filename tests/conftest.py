@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 import sys
 
 import pytest
@@ -47,18 +46,3 @@ def _seed() -> None:
 def gen() -> torch.Generator:
     """A private seeded generator for tests that draw many tensors."""
     return torch.Generator().manual_seed(1234)
-
-
-@pytest.fixture
-def run_in_triton_interpreter():
-    """``run(script)``: ``script`` in a fresh interpreter with ``TRITON_INTERPRET=1`` (read when a kernel is defined)
-    must exit 0 and print ``ok`` last. Skips without Triton or NumPy (the interpreter needs both)."""
-    pytest.importorskip("triton")
-    pytest.importorskip("numpy")
-
-    def run(script: str) -> None:
-        env = dict(os.environ, TRITON_INTERPRET="1")
-        res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-        assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
-
-    return run

@@ -9,6 +9,7 @@ import torch
 from sgl_qwen1m.ops.dca.plan import DCARopeCaches, dca_positions
 from sgl_qwen1m.ops.dca.reference import dca_rope_ref
 from sgl_qwen1m.config import DCAConfig
+from triton_interp import run_in_triton_interpreter
 
 VARIANTS = ("q_intra", "q_succ", "q_inter", "q_succ_critical", "q_inter_critical")
 
@@ -101,6 +102,6 @@ print("ok")
 """
 
 
-def test_dca_rope_kernel_in_triton_interpreter(run_in_triton_interpreter):
+def test_dca_rope_kernel_in_triton_interpreter():
     """The Triton kernel itself, run on the CPU by Triton's interpreter, against the fp32 oracle."""
     run_in_triton_interpreter(_INTERPRET_CHECK)

@@ -24,6 +24,7 @@ rope_variant = pytest.importorskip("sglang.srt.layers.rotary_embedding.rope_vari
 DCR = rope_variant.DualChunkRotaryEmbedding
 
 from sgl_qwen1m.adapter.rope import fused_forward, forward_signature_known, install_fused_dca_rope  # noqa: E402
+from triton_interp import run_in_triton_interpreter
 
 # Model files of SGLang 0.5.17 whose attention builds its RoPE with get_rope(..., dual_chunk_attention_config=...).
 DCA_FAMILIES = {"qwen2", "qwen2_moe", "qwen3_moe", "glm4"}
@@ -175,7 +176,7 @@ print("ok")
 """
 
 
-def test_dca_rope_kv_write_in_triton_interpreter(run_in_triton_interpreter):
+def test_dca_rope_kv_write_in_triton_interpreter():
     run_in_triton_interpreter(_INTERPRET_KV)
 
 
