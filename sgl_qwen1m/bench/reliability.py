@@ -22,7 +22,6 @@ import json
 import shutil
 import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,38 +30,13 @@ from .common import Deadline, Progress
 from .gpu_mem import query_used_mib
 from .reliability_cases import Sizes, build_cases
 from .reliability_http import Reply, http_call, in_threads, kv_state, wait_idle
-from .reliability_suite import Server, Suite
+from .reliability_suite import ReliabilityOptions, Server, Suite
 from .results import Results, collect_versions, command_line, gpu_name
-from .serve import ServeOptions, free_port, log_tail
+from .serve import free_port, log_tail
 from sgl_qwen1m.sizing import ModelShape
 
 __all__ = ["ReliabilityOptions", "Reply", "http_call", "kv_state", "wait_idle", "in_threads", "free_port",
            "run_reliability", "format_table"]
-
-
-@dataclass(kw_only=True)
-class ReliabilityOptions(ServeOptions):
-    """Server settings (:class:`ServeOptions`) and case sizes (:class:`Sizes`)."""
-
-    out: str = "benchmarks/results/reliability-h200/reliability_h200.json"
-    url: str = ""
-    """An already running server on loopback: no launch, nothing restarted."""
-    max_restarts: int = 2
-    """Restarts after the server dies (deadline permitting)."""
-
-    # The 7B-1M shape with a small KV pool, so that "under the context, over the pool" cases are cheap.
-    context_length: int = 245760
-    max_total_tokens: int = 204800
-    mem_fraction_static: float = 0.70
-    sizes: dict[str, int] = field(default_factory=dict)
-    """Overrides of :class:`Sizes` fields (tests use small ones)."""
-
-    start_timeout_s: float = 240.0
-    request_timeout_s: float = 60.0
-    """Per simple request."""
-    idle_timeout_s: float = 60.0
-    """Wait for the KV pool to drain back to its idle level after a case."""
-    deadline_s: float = 500.0
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -1,4 +1,4 @@
-"""The reliability suite's harness (:mod:`.reliability`): the server it runs against (``sglang.launch_server`` in its
+"""The reliability suite's harness (:mod:`.reliability`): its options, the server it runs against (``sglang.launch_server`` in its
 own session, restartable, or an external ``url``) and the case runners (:class:`Suite`: each case of
 :mod:`.reliability_cases`, the follow-up request and the idle level of the KV pool).
 """
@@ -10,19 +10,43 @@ import socket
 import subprocess
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
 from .common import Progress, check_output, make_prompt, stop_process_group
 from .gpu_mem import query_used_mib
 from .reliability_cases import Case, Sizes, generate_body, judge, new_rid, normal_body
 from .reliability_http import Reply, connect, http_call, in_threads, in_threads_async, kv_state, post, wait_idle
-from .serve import _wait_healthy, free_port, server_command
+from .serve import ServeOptions, _wait_healthy, free_port, server_command
 
-if TYPE_CHECKING:
-    from .reliability import ReliabilityOptions
 
 __all__ = ["Server", "Suite"]
+
+
+@dataclass(kw_only=True)
+class ReliabilityOptions(ServeOptions):
+    """Server settings (:class:`ServeOptions`) and case sizes (:class:`Sizes`)."""
+
+    out: str = "benchmarks/results/reliability-h200/reliability_h200.json"
+    url: str = ""
+    """An already running server on loopback: no launch, nothing restarted."""
+    max_restarts: int = 2
+    """Restarts after the server dies (deadline permitting)."""
+
+    # The 7B-1M shape with a small KV pool, so that "under the context, over the pool" cases are cheap.
+    context_length: int = 245760
+    max_total_tokens: int = 204800
+    mem_fraction_static: float = 0.70
+    sizes: dict[str, int] = field(default_factory=dict)
+    """Overrides of :class:`Sizes` fields (tests use small ones)."""
+
+    start_timeout_s: float = 240.0
+    request_timeout_s: float = 60.0
+    """Per simple request."""
+    idle_timeout_s: float = 60.0
+    """Wait for the KV pool to drain back to its idle level after a case."""
+    deadline_s: float = 500.0
 
 
 class Server:
