@@ -1,6 +1,6 @@
-"""The reliability suite's harness (:mod:`.reliability`): its options, the server it runs against (``sglang.launch_server`` in its
-own session, restartable, or an external ``url``) and the case runners (:class:`Suite`: each case of
-:mod:`.reliability_cases`, the follow-up request and the idle level of the KV pool).
+"""The reliability suite's harness (:mod:`.reliability`): its options, the server it runs against
+(``sglang.launch_server`` in its own session, restartable, or an external ``url``) and the case runners
+(:class:`Suite`: each case of :mod:`.reliability_cases`, the follow-up request and the idle level of the KV pool).
 """
 
 from __future__ import annotations
