@@ -277,8 +277,7 @@ class DCAAttention:
         q5: torch.Tensor,
         kv_cache: tuple[torch.Tensor, torch.Tensor],
         step: DecodeStep,
-        k_scale: float = 1.0,
-        v_scale: float = 1.0,
+        k_scale: float = 1.0, v_scale: float = 1.0,
     ) -> torch.Tensor:
         """One decode step for one layer: 3 kernels around the attention call, static shapes, no host sync.
 
