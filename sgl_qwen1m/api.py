@@ -242,7 +242,7 @@ def _plan_one(
     headroom = gpu - peak
     warnings = []
     if kv_dtype == "fp8":
-        warnings.append("qwen1m does not support an FP8 KV cache yet (bf16/fp16 only): fp8 numbers are arithmetic only")
+        warnings.append("qwen1m's FP8 KV cache awaits GPU verification (launch needs QWEN1M_ALLOW_UNVERIFIED_FP8_KV=1)")
     if fits and chosen > 0.80:
         warnings.append(f"mem_fraction_static {chosen:.2f} is above the largest value we measured (0.80)")
     head = (
@@ -310,7 +310,9 @@ def engine_kwargs_for(
     if not advice.fits and "mem_fraction_static" not in overrides:
         raise ValueError("the memory plan does not fit:\n" + advice.explanation)
     if kv_dtype == "fp8":
-        raise ValueError("attention backend 'qwen1m' does not support an FP8 KV cache yet; use kv_dtype='bf16'")
+        from .validation import check_fp8_kv_allowed
+
+        check_fp8_kv_allowed("fp8_e4m3")  # ConfigError (a ValueError) unless QWEN1M_ALLOW_UNVERIFIED_FP8_KV=1
     kw = {"model_path": str(model_path), **advice.engine_kwargs()}
     kw.update(overrides)
     return kw

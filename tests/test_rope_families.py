@@ -2,8 +2,9 @@
 
 CPU: the installed SGLang's call sites of ``self.rotary_emb(...)`` (read with ``ast``) bind to the replacement's
 signature; ``DualChunkRotaryEmbedding.forward`` has a known signature; the fallback path honours
-``fused_set_kv_buffer_arg``; the Triton kernel's KV-pool write runs in Triton's interpreter. GPU (skips without
-CUDA): per family, SGLang's real module with the family's shape and exact call, against the fp32 oracle.
+``fused_set_kv_buffer_arg``; the Triton kernel's KV-pool write runs in Triton's interpreter (bf16-class and FP8
+buffers); SGLang still gives an FP8 pool's write to the backend. GPU (skips without CUDA): per family, SGLang's real
+module with the family's shape and exact call, against the fp32 oracle.
 """
 
 from __future__ import annotations
@@ -101,8 +102,17 @@ def _caches(m) -> DCARopeCaches:
                          chunk_len=m.chunk_size - m.local_size)
 
 
-def test_fallback_path_honours_fused_kv_write():
-    """qwen3_moe's call on the fallback path (CPU tensors): SGLang's rotation, then K and V stored at cache_loc."""
+def _rows(buf: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+    """Rows of a pool as float32 (FP8 pools through their bytes: CPU index kernels skip float8)."""
+    if buf.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        return buf.view(torch.uint8)[loc].view(buf.dtype).float()
+    return buf[loc].float()
+
+
+@pytest.mark.parametrize("pool_dtype", [torch.float32, torch.float8_e4m3fn])
+def test_fallback_path_honours_fused_kv_write(pool_dtype):
+    """qwen3_moe's call on the fallback path (CPU tensors): SGLang's rotation, then K and V stored at cache_loc
+    (an FP8 buffer gets the scale-1.0 cast, byte for byte what ``tensor.to(fp8)`` gives)."""
     m = _cpu_module()
     with pytest.raises(TypeError):  # what every qwen3_moe forward hit before this replacement
         m(torch.arange(3), torch.randn(3, 256), torch.randn(3, 128), fused_set_kv_buffer_arg=None)
@@ -111,17 +121,17 @@ def test_fallback_path_honours_fused_kv_write():
     pos = torch.randint(0, 400, (t,))
     qkv = torch.randn(t, (h + 2 * hkv) * d)
     q, k, v = qkv[:, : h * d], qkv[:, h * d : (h + hkv) * d], qkv[:, (h + hkv) * d :]
-    arg = SimpleNamespace(value=v, k_buffer=torch.zeros(32, hkv * d), v_buffer=torch.zeros(32, hkv * d),
-                          cache_loc=torch.randperm(32)[:t])
+    arg = SimpleNamespace(value=v, k_buffer=torch.zeros(32, hkv * d).to(pool_dtype),
+                          v_buffer=torch.zeros(32, hkv * d).to(pool_dtype), cache_loc=torch.randperm(32)[:t])
     q5, ko = m(pos, q, k, fused_set_kv_buffer_arg=arg)
     rq, rk = dca_rope_ref(pos, q, k, _caches(m), d)
     torch.testing.assert_close(q5, rq, atol=1e-5, rtol=0)
     torch.testing.assert_close(ko, rk, atol=1e-5, rtol=0)
-    torch.testing.assert_close(arg.k_buffer[arg.cache_loc], rk, atol=1e-5, rtol=0)
-    torch.testing.assert_close(arg.v_buffer[arg.cache_loc], v)
+    torch.testing.assert_close(_rows(arg.k_buffer, arg.cache_loc), ko.to(pool_dtype).float(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(_rows(arg.v_buffer, arg.cache_loc), v.to(pool_dtype).float())
     rest = torch.ones(32, dtype=torch.bool)
     rest[arg.cache_loc] = False
-    assert not arg.k_buffer[rest].any() and not arg.v_buffer[rest].any()
+    assert not _rows(arg.k_buffer, rest).any() and not _rows(arg.v_buffer, rest).any()
     q5b, kob = m(pos, q, k)  # qwen2 / qwen2_moe / glm4 call
     torch.testing.assert_close(q5b, q5)
     torch.testing.assert_close(kob, ko)
@@ -160,24 +170,50 @@ from sgl_qwen1m.ops.dca.rope import dca_rope
 from sgl_qwen1m.ops.dca.reference import dca_rope_ref
 from sgl_qwen1m.config import DCAConfig
 caches = DCARopeCaches.build(128, 200, 1e4, DCAConfig(chunk_size=64, local_size=8))
-for t, h, hkv in ((1, 2, 1), (6, 32, 4)):
+fp8 = torch.float8_e4m3fn
+for t, h, hkv, dt in ((1, 2, 1, torch.float32), (6, 32, 4, torch.float32), (6, 8, 2, fp8)):
     pos = torch.randint(0, 200, (t,))
-    qkv = torch.randn(t, (h + 2 * hkv) * 128)
+    qkv = torch.randn(t, (h + 2 * hkv) * 128).to(dt).float()  # fp8 cases: values exactly representable in e4m3
     q, k, v = qkv[:, : h * 128], qkv[:, h * 128 : (h + hkv) * 128], qkv[:, (h + hkv) * 128 :]
-    arg = SimpleNamespace(value=v, k_buffer=torch.zeros(16, hkv * 128), v_buffer=torch.zeros(16, hkv * 128),
+    arg = SimpleNamespace(value=v, k_buffer=torch.zeros(16, hkv * 128).to(dt), v_buffer=torch.zeros(16, hkv * 128).to(dt),
                           cache_loc=torch.randperm(16)[:t])
     q5, ko = dca_rope(pos, q, k, caches, 128, kv_write=arg)
     rq, rk = dca_rope_ref(pos, q, k, caches, 128)
     assert torch.allclose(q5, rq, atol=1e-5) and torch.allclose(ko, rk, atol=1e-5), (t, h, hkv)
-    assert torch.allclose(arg.k_buffer[arg.cache_loc], rk, atol=1e-5), (t, h, hkv)
-    assert torch.equal(arg.v_buffer[arg.cache_loc], v), (t, h, hkv)
-    assert int((arg.k_buffer.abs().sum(1) > 0).sum()) == t
+    kb, vb = arg.k_buffer.float(), arg.v_buffer.float()
+    if dt == fp8:
+        # Triton 3.6's interpreter rounds fp32 -> fp8 wrongly when rounding carries into the exponent (0.4927 ->
+        # 0.25, 500 -> 256; GPUs use cvt.rn.satfinite), so here: V exactly representable (the cast is exact),
+        # K checked within e4m3's half ulp where correct rounding does not carry. The full cast is a GPU test.
+        want = rk.to(fp8).float()
+        carry = (want.abs() > rk.abs()) & (torch.frexp(want)[0].abs() == 0.5)
+        got = kb[arg.cache_loc]
+        assert torch.allclose(got[~carry], rk[~carry], rtol=2 ** -4 + 1e-3, atol=2 ** -9), (t, h, hkv)
+        assert torch.equal(vb[arg.cache_loc], v), (t, h, hkv)
+    else:
+        assert torch.allclose(kb[arg.cache_loc], rk, atol=1e-5), (t, h, hkv)
+        assert torch.equal(vb[arg.cache_loc], v), (t, h, hkv)
+    assert int((kb.abs().sum(1) > 0).sum()) == t
 print("ok")
 """
 
 
 def test_dca_rope_kv_write_in_triton_interpreter():
     run_in_triton_interpreter(_INTERPRET_KV)
+
+
+def test_sglang_gives_fp8_pool_writes_to_the_backend():
+    """On CUDA, SGLang passes ``fused_set_kv_buffer_arg`` only for a bf16 pool, so with ``--kv-cache-dtype fp8_*``
+    qwen3_moe calls attention with ``save_kv_cache=True`` and ``qwen1m``'s ``set_kv_buffer`` quantises with the
+    layer's k/v scales. Fails when an upstream change lets the fused write reach an FP8 pool (the fused write has
+    no scale: re-check ``ops/dca/rope.py`` then)."""
+    import sglang
+
+    src = (Path(sglang.__file__).parent / "srt" / "models" / "utils.py").read_text()
+    fn = next(n for n in ast.walk(ast.parse(src)) if isinstance(n, ast.FunctionDef)
+              and n.name == "enable_fused_set_kv_buffer")
+    body = ast.get_source_segment(src, fn)
+    assert "_is_cuda" in body and "pool.dtype == torch.bfloat16" in body, body
 
 
 # ------------------------------------------------------------------------------------------------------ GPU
@@ -250,3 +286,29 @@ def test_family_rope_matches_oracle(family, h, hkv, qk_norm, kv_arg, t):
     assert out_q.shape == (t, 5 * h * d) and out_k.shape == (t, hkv * d)
     assert errs["q_vs_oracle"] <= 4e-3 and errs["k_vs_oracle"] <= 4e-3
     assert errs["q_vs_sglang"] <= 1e-2 and errs["k_vs_sglang"] <= 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fused_kv_write_into_fp8_pool():
+    """Should SGLang ever hand the fused write an FP8 pool (it does not in 0.5.17): the kernel's scale-1.0 cast
+    (cvt.rn.satfinite) gives V byte for byte as ``tensor.to(fp8)``, and K within e4m3's rounding of the oracle."""
+    d, n_slots, t, h, hkv = 128, 4096, 300, 32, 4
+    m = _gpu_module()
+    assert install_fused_dca_rope(torch.nn.Sequential(m)) == 1
+    g = torch.Generator(device="cuda").manual_seed(5)
+    pos = torch.randint(0, 1010000, (t,), device="cuda", generator=g)
+    q, k, v = (torch.randn(t, (h + 2 * hkv) * d, device="cuda", dtype=torch.bfloat16, generator=g) * 3).split(
+        [h * d, hkv * d, hkv * d], dim=-1)
+    k = k.clone()
+    k[0, :4] = torch.tensor([500.0, -1000.0, 0.4927, 447.9])  # saturation and a binade carry
+    kb = torch.zeros(n_slots, hkv * d, device="cuda", dtype=torch.float8_e4m3fn)
+    vb = torch.zeros_like(kb)
+    loc = torch.randperm(n_slots, device="cuda", generator=g)[:t]
+    arg = SimpleNamespace(value=v, k_buffer=kb, v_buffer=vb, cache_loc=loc)
+    m(pos, q, k, fused_set_kv_buffer_arg=arg)
+    _, ref_k = dca_rope_ref(pos, q, k, _caches(m), d)
+    got_k = _rows(kb, loc)
+    assert torch.isfinite(got_k).all() and float(got_k.abs().max()) <= 448.0
+    assert _rel(got_k, ref_k.clamp(-448, 448)) <= 0.05
+    assert torch.equal(vb.view(torch.uint8)[loc], v.to(torch.float8_e4m3fn).view(torch.uint8))

@@ -2,6 +2,13 @@
 
 Cases are small batches on a paged KV pool with shuffled slots: chunked prefill behind a prefix, pieces on both
 sides of DCA chunk boundaries, GQA, YaRN logit scales and a request under the sparse threshold riding along.
+
+FP8 KV (``kv="e4m3"`` / ``"e5m2"``): the pool holds ``(x / scale).to(fp8)`` as SGLang's ``set_kv_buffer`` stores it,
+and the oracle runs on the dequantised values ``fp8.float() * scale`` (``Case.k_seq`` / ``v_seq``), so kernel and
+oracle see the same numbers and the existing tight tolerances apply unchanged (the kernels widen FP8 exactly and
+apply the scales in fp32). Against the unquantised K/V the error is the quantisation's own: e4m3 keeps 3 mantissa
+bits (relative rounding error <= 2^-4, RMS ~2^-4/sqrt(3) = 3.6% per element), e5m2 keeps 2 (<= 2^-3, ~7.2%);
+``FP8_LOOSE`` bounds the output's relative RMS error at about that per-element level.
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ if not GPU and not INTERPRET:
     pytest.skip("needs a CUDA GPU or TRITON_INTERPRET=1 (set by conftest on CPU)", allow_module_level=True)
 DEV = torch.device("cuda" if GPU else "cpu")
 DTYPE = torch.bfloat16 if GPU else torch.float32
+FP8 = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
+FP8_SCALES = (0.0137, 0.021)  # per-tensor k / v scales (not powers of two, so a dropped scale cannot cancel)
+FP8_LOOSE = {"e4m3": 0.06, "e5m2": 0.12}  # output rel-RMS vs the oracle on the *unquantised* K/V
 
 
 @dataclass
@@ -43,9 +53,21 @@ class Case:
     req_pool_indices: torch.Tensor  # [R]
     scale: torch.Tensor  # [T] float32
     sm_scale: float
+    k_scale: float = 1.0  # FP8 pool scales (1.0 for an unquantised pool)
+    v_scale: float = 1.0
+    k_seq_orig: Optional[list[torch.Tensor]] = None  # FP8 cases: the K/V before quantisation
+    v_seq_orig: Optional[list[torch.Tensor]] = None
+
+    @property
+    def kv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k_pool, self.v_pool
+
+    @property
+    def scales(self) -> dict:
+        return {"k_scale": self.k_scale, "v_scale": self.v_scale}
 
 
-def make_case(spans, cfg, h=4, hkv=2, d=64, seed=0, yarn=(1.0,), q=None, k_seq=None) -> Case:
+def make_case(spans, cfg, h=4, hkv=2, d=64, seed=0, yarn=(1.0,), q=None, k_seq=None, kv: str = "bf16") -> Case:
     g = torch.Generator().manual_seed(seed)
     lens = [s.seq_len for s in spans]
     total = sum(lens)
@@ -70,9 +92,26 @@ def make_case(spans, cfg, h=4, hkv=2, d=64, seed=0, yarn=(1.0,), q=None, k_seq=N
     if q is None:
         q = torch.randn(t, 5, h, d, generator=g)
     scale = torch.cat([torch.full((s.extend_len,), yarn[i % len(yarn)]) for i, s in enumerate(spans)])
-    return Case(cfg, list(spans), q.to(DTYPE).to(DEV), [x.to(DEV) for x in ks], [x.to(DEV) for x in vs],
+    case = Case(cfg, list(spans), q.to(DTYPE).to(DEV), [x.to(DEV) for x in ks], [x.to(DEV) for x in vs],
                 k_pool.to(DTYPE).to(DEV), v_pool.to(DTYPE).to(DEV), r2t.to(DEV), pool_rows.to(DEV),
                 scale.float().to(DEV), d ** -0.5)
+    return case if kv == "bf16" else quantise_case(case, FP8[kv])
+
+
+def quantise_case(case: Case, dtype: torch.dtype) -> Case:
+    """The case on an FP8 pool, as SGLang's ``set_kv_buffer`` writes it (``(x / scale).to(fp8)``); the oracle's
+    per-request K/V become the dequantised pool rows, the originals are kept for the loose comparison."""
+    ks, vs = FP8_SCALES
+    k8 = (case.k_pool.float() / ks).to(dtype)
+    v8 = (case.v_pool.float() / vs).to(dtype)
+    kd, vd = (k8.float() * ks).to(DTYPE), (v8.float() * vs).to(DTYPE)
+    k_seq, v_seq = [], []
+    for r in range(len(case.spans)):
+        slots = case.req_to_token[case.req_pool_indices[r], : case.spans[r].seq_len].long()
+        k_seq.append(kd[slots])
+        v_seq.append(vd[slots])
+    return Case(case.cfg, case.spans, case.q5, k_seq, v_seq, k8, v8, case.req_to_token, case.req_pool_indices,
+                case.scale, case.sm_scale, ks, vs, case.k_seq, case.v_seq)
 
 
 def budgets_for(h: int, vertical: int, slash: int, layers: int = 1) -> SparseBudgets:
@@ -108,16 +147,17 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("kv", ["bf16", "e4m3"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_estimate_matches_reference_and_selects_same_indices(name):
+def test_estimate_matches_reference_and_selects_same_indices(name, kv):
     spans, cfg = CASES[name]
-    case = make_case(spans, cfg, yarn=(1.3, 1.0))
+    case = make_case(spans, cfg, yarn=(1.3, 1.0), kv=kv)
     sp, state = make_prefill(case, budgets_for(4, 20, 40))
     from sgl_qwen1m.ops.sparse.estimate import estimate_scores
 
     pp = state.plan
     vert, slash = estimate_scores(case.q5, state, case.k_pool, sm_scale=case.sm_scale,
-                                  chunk_len=cfg.chunk_len if cfg else None)
+                                  chunk_len=cfg.chunk_len if cfg else None, k_scale=case.k_scale)
     row_of = {r: row for r, row, _ in _rows_of(case)}
     ref_v = torch.zeros_like(vert)
     ref_s = torch.zeros_like(slash)
@@ -151,13 +191,15 @@ def test_estimate_matches_reference_and_selects_same_indices(name):
             assert set(range(min(100, ns, pc.q_end))) <= set(si.tolist()) and int(si.max()) < pc.q_end
 
 
-def _dense_ref(case: Case):
-    """fp32 dense DCA output and LSE of every extend row, request by request."""
+def _dense_ref(case: Case, unquantised: bool = False):
+    """fp32 dense DCA output and LSE of every extend row, request by request (on the pool's K/V, or with
+    ``unquantised`` on an FP8 case's K/V before quantisation)."""
     outs, lses = [], []
+    k_seq, v_seq = (case.k_seq_orig, case.v_seq_orig) if unquantised else (case.k_seq, case.v_seq)
     for r, row, pos in _rows_of(case):
         n = case.spans[r].extend_len
         lsc = float(case.scale[row]) if n else 1.0
-        o, l = dca_attention_ref(case.q5[row: row + n], case.k_seq[r], case.v_seq[r], pos,
+        o, l = dca_attention_ref(case.q5[row: row + n], k_seq[r], v_seq[r], pos,
                                  case.cfg.chunk_len if case.cfg else None, case.sm_scale, lsc)
         outs.append(o)
         lses.append(l)
@@ -192,34 +234,42 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 TOL = 1e-2 if GPU else 1e-4
 
 
+@pytest.mark.parametrize("kv", ["bf16", "e4m3", "e5m2"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_full_budget_equals_dense_dca(name):
+def test_full_budget_equals_dense_dca(name, kv):
+    if kv == "e5m2" and name != "dca-chunked":
+        pytest.skip("e5m2 on one case (CPU time)")
     spans, cfg = CASES[name]
-    case = make_case(spans, cfg, yarn=(1.2,))
+    case = make_case(spans, cfg, yarn=(1.2,), kv=kv)
     sp, state = make_prefill(case, budgets_for(4, 4096, 4096))
     q = case.q5
-    pat = sp.pattern(state, 0, q, case.k_pool)
+    pat = sp.pattern(state, 0, q, case.k_pool, case.k_scale)
     for i, pc in enumerate(state.plan.pieces):  # every block diagonal a query of the piece can reach
         assert bool((pat.cov[i, :, : (pc.q_end - 1) // 64 + 1] == 1).all())
-    out, lse = sp.attend(state, pat, q, (case.k_pool, case.v_pool), return_lse=True)
+    out, lse = sp.attend(state, pat, q, case.kv, return_lse=True, **case.scales)
     ref_o, ref_l = _dense_ref(case)
     err = _rel(out, ref_o)
-    print(f"{name}: full-budget sparse vs dense DCA rel_rms={err:.2e}")
+    print(f"{name} {kv}: full-budget sparse vs dense DCA rel_rms={err:.2e}")
     assert err < TOL
     torch.testing.assert_close(lse, ref_l, atol=TOL, rtol=0)
+    if kv != "bf16":  # loosely against the K/V before quantisation: the quantisation error itself
+        loose = _rel(out, _dense_ref(case, unquantised=True)[0])
+        print(f"{name} {kv}: vs unquantised K/V rel_rms={loose:.2e}")
+        assert loose < FP8_LOOSE[kv]
 
 
 @pytest.mark.parametrize("name", list(CASES))
-@pytest.mark.parametrize("vertical,slash", [(30, 100), (64, 128), (200, 40)])
-def test_sparse_attention_matches_masked_oracle(name, vertical, slash):
+@pytest.mark.parametrize("vertical,slash,kv", [(30, 100, "bf16"), (64, 128, "bf16"), (200, 40, "bf16"),
+                                               (30, 100, "e4m3"), (64, 128, "e5m2")])
+def test_sparse_attention_matches_masked_oracle(name, vertical, slash, kv):
     spans, cfg = CASES[name]
-    case = make_case(spans, cfg, yarn=(1.0, 1.4), seed=3)
+    case = make_case(spans, cfg, yarn=(1.0, 1.4), seed=3, kv=kv)
     sp, state = make_prefill(case, budgets_for(4, vertical, slash))
-    pat = sp.pattern(state, 0, case.q5, case.k_pool)
-    out, lse = sp.attend(state, pat, case.q5, (case.k_pool, case.v_pool), return_lse=True)
+    pat = sp.pattern(state, 0, case.q5, case.k_pool, case.k_scale)
+    out, lse = sp.attend(state, pat, case.q5, case.kv, return_lse=True, **case.scales)
     ref_o, ref_l = _sparse_ref(case, sp, state, pat)
     err = _rel(out, ref_o)
-    print(f"{name} v={vertical} s={slash}: rel_rms={err:.2e}")
+    print(f"{name} v={vertical} s={slash} {kv}: rel_rms={err:.2e}")
     assert err < TOL
     torch.testing.assert_close(lse, ref_l, atol=TOL, rtol=0)
     _, dense_l = _dense_ref(case)
@@ -227,12 +277,13 @@ def test_sparse_attention_matches_masked_oracle(name, vertical, slash):
     assert bool((rec <= 1 + 1e-3).all()) and bool((rec > 0).all())
 
 
-def test_request_under_threshold_rides_along_densely():
+@pytest.mark.parametrize("kv", ["bf16", "e4m3"])
+def test_request_under_threshold_rides_along_densely(kv):
     spans = [RequestSpan(0, 600), RequestSpan(0, 200)]
-    case = make_case(spans, DCA, seed=5)
+    case = make_case(spans, DCA, seed=5, kv=kv)
     sp, state = make_prefill(case, budgets_for(4, 30, 100), threshold=300)
     assert [p.sparse for p in state.plan.pieces] == [True, True, True, False]
-    out = sp.run_extend(state, case.q5.flatten(1), (case.k_pool, case.v_pool), 0)
+    out = sp.run_extend(state, case.q5.flatten(1), case.kv, 0, **case.scales)
     ref_o, _ = _dense_ref(case)
     assert _rel(out[600:], ref_o[600:]) < TOL  # the short request is exact
     assert _rel(out[:600], ref_o[:600]) > TOL  # the long one is really sparse

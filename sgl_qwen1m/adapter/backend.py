@@ -7,6 +7,11 @@ Translates SGLang's ``ForwardBatch`` into host-int plans (once per batch) and ru
 both run as ``op.run_extend(state, q5, kv_cache, layer_id)``. Decode always runs ``DCAAttention``. Keys are written
 to SGLang's KV pool exactly as RoPE left them (rotated at ``pos % chunk_len``, never rescaled), so the radix cache
 stays on.
+
+FP8 KV (``--kv-cache-dtype fp8_e4m3`` / ``fp8_e5m2``; launch-gated by ``validation.py`` until GPU-verified): SGLang's
+``set_kv_buffer`` quantises with ``layer.k_scale`` / ``v_scale``; every kernel reads the pool as stored and gets the
+layer's ``k_scale_float`` / ``v_scale_float`` (checkpoint scales, else 1.0 with one warning at construction). The
+radix cache needs nothing more: a reused prefix is the same FP8 rows, read with the same per-layer scales.
 Tested against SGLang 0.5.17.
 """
 
@@ -25,7 +30,7 @@ from sglang.srt.runtime_context import get_buffer
 from sgl_qwen1m.adapter.rope import install_fused_dca_rope
 from sgl_qwen1m.config import DCAConfig, sparse_budgets_from_hf
 from sgl_qwen1m.ops.dca.attention import DCAAttention, DecodeGraphState, DecodeStep, ExtendState
-from sgl_qwen1m.ops.dca.plan import DCAShape, RequestSpan, plan_extend, yarn_logit_scale
+from sgl_qwen1m.ops.dca.plan import FP8_KV_DTYPES, DCAShape, RequestSpan, plan_extend, yarn_logit_scale
 
 if TYPE_CHECKING:
     from flashinfer import BatchDecodeWithPagedKVCacheWrapper
@@ -39,7 +44,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SUPPORTED_HEAD_DIMS = (64, 128, 256)
-SUPPORTED_KV_DTYPES = (torch.bfloat16, torch.float16)
+SUPPORTED_KV_DTYPES = (torch.bfloat16, torch.float16) + FP8_KV_DTYPES
 _WORKSPACE_BYTES = 512 * 1024 * 1024  # what SGLang's FlashInfer backend uses for Qwen2
 
 
@@ -93,6 +98,9 @@ class Qwen1MAttnBackend(AttentionBackend):
             lambda: torch.empty(envs.SGLANG_FLASHINFER_WORKSPACE_SIZE.get(), dtype=torch.uint8,
                                 device=model_runner.device),
         )
+        self.fp8_kv = shape.fp8_kv
+        if self.fp8_kv:
+            _log_kv_scales(model_runner.model, kv_dtype)
         self.attn = DCAAttention(shape, self.cfg, workspace)
         self.sparse: Optional["SparsePrefill"] = _make_sparse(mc.hf_config, self.cfg, shape, sa.tp_size,
                                                               _tp_rank(tp), model_runner.device)
@@ -188,18 +196,39 @@ class Qwen1MAttnBackend(AttentionBackend):
             self.token_to_kv_pool.set_kv_buffer(layer, fb.out_cache_loc, k, v, layer.k_scale, layer.v_scale)
         return self.token_to_kv_pool.get_kv_buffer(layer.layer_id)
 
+    def _kv_scales(self, layer: "RadixAttention") -> tuple[float, float]:
+        """The layer's FP8 dequantisation scales as Python floats (no device sync; constants in a CUDA graph)."""
+        if not self.fp8_kv:
+            return 1.0, 1.0
+        ks, vs = layer.k_scale_float, layer.v_scale_float
+        return (1.0 if ks is None else float(ks)), (1.0 if vs is None else float(vs))
+
     def forward_extend(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch",
                        save_kv_cache: bool = True, **kwargs):
         kv = self._layer_kv(layer, forward_batch, k, v, save_kv_cache)
         meta: _ExtendMeta = self.forward_metadata
-        o = meta.op.run_extend(meta.state, q, kv, layer.layer_id)  # DCAAttention or SparsePrefill
+        o = meta.op.run_extend(meta.state, q, kv, layer.layer_id, *self._kv_scales(layer))  # DCA or sparse
         return o.view(-1, layer.tp_q_head_num * layer.head_dim)
 
     def forward_decode(self, q, k, v, layer: "RadixAttention", forward_batch: "ForwardBatch",
                        save_kv_cache: bool = True, **kwargs):
         meta: _DecodeMeta = self.forward_metadata
-        o = self.attn.run_decode(meta.wrapper, q, self._layer_kv(layer, forward_batch, k, v, save_kv_cache), meta.step)
+        kv = self._layer_kv(layer, forward_batch, k, v, save_kv_cache)
+        o = self.attn.run_decode(meta.wrapper, q, kv, meta.step, *self._kv_scales(layer))
         return o.view(-1, layer.tp_q_head_num * layer.head_dim)
+
+
+def _log_kv_scales(model: torch.nn.Module, kv_dtype: torch.dtype) -> None:
+    """Once per backend: which attention layers have checkpoint k/v scales (the rest read FP8 with 1.0)."""
+    scales = [(m.k_scale_float, m.v_scale_float) for m in model.modules() if hasattr(m, "k_scale_float")]
+    have = sum(1 for ks, vs in scales if ks is not None and vs is not None)
+    if have < len(scales) or not scales:
+        logger.warning("qwen1m: FP8 KV cache (%s) without k/v scales in the checkpoint for %d of %d attention layers: "
+                       "those use scale 1.0 (e4m3 holds |x| <= 448; larger keys or values are clipped)", kv_dtype,
+                       len(scales) - have, len(scales))
+    else:
+        logger.info("qwen1m: FP8 KV cache (%s) with checkpoint k/v scales on all %d attention layers", kv_dtype,
+                    have)
 
 
 def _tp_rank(tp_size: int) -> int:

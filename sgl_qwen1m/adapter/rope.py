@@ -15,6 +15,8 @@ Call signatures (SGLang 0.5.17; ``tests/test_rope_families.py`` re-reads them fr
   ``DualChunkRotaryEmbedding.forward`` does not accept the argument at all (``TypeError``). The replacement honours
   it: the Triton kernel stores the rotated keys and the values at ``cache_loc``; on the fallback path (offsets,
   GPT-J style, CPU tensors) SGLang's forward rotates and the store is done here. The side effect is never dropped.
+  With an FP8 pool SGLang does not pass the argument (it gates on a bf16 pool) and the backend's
+  ``set_kv_buffer`` quantises with the layer scales; see ``ops/dca/rope.py`` for an FP8 buffer arriving anyway.
 
 Version guard: the replacement is installed only when ``DualChunkRotaryEmbedding.forward`` has a signature listed
 in ``KNOWN_FORWARD_PARAMS``; otherwise SGLang's forward stays and the reason is logged. Models whose attention
@@ -31,7 +33,7 @@ from typing import Any, Optional
 
 import torch
 
-from sgl_qwen1m.ops.dca.plan import DCARopeCaches
+from sgl_qwen1m.ops.dca.plan import FP8_KV_DTYPES, DCARopeCaches
 
 __all__ = ["install_fused_dca_rope", "KNOWN_FORWARD_PARAMS", "forward_signature_known", "fused_forward"]
 
@@ -46,11 +48,18 @@ def forward_signature_known(cls: type) -> bool:
     return tuple(inspect.signature(cls.forward).parameters) in KNOWN_FORWARD_PARAMS
 
 
+def _put_rows(buf: torch.Tensor, loc: torch.Tensor, x: torch.Tensor) -> None:
+    x = x.reshape(x.shape[0], -1).to(buf.dtype)
+    if buf.dtype in FP8_KV_DTYPES:  # index_put has no float8 kernels: write the bytes (scale 1.0, see ops/dca/rope.py)
+        buf.view(torch.uint8)[loc] = x.view(torch.uint8)
+    else:
+        buf[loc] = x
+
+
 def _store_kv(arg: Any, k: torch.Tensor) -> None:
     """What SGLang's fused RoPE does with ``fused_set_kv_buffer_arg``: rows ``cache_loc`` of the pool get K and V."""
-    loc = arg.cache_loc
-    arg.k_buffer[loc] = k.reshape(k.shape[0], -1).to(arg.k_buffer.dtype)
-    arg.v_buffer[loc] = arg.value.reshape(arg.value.shape[0], -1).to(arg.v_buffer.dtype)
+    _put_rows(arg.k_buffer, arg.cache_loc, k)
+    _put_rows(arg.v_buffer, arg.cache_loc, arg.value)
 
 
 def fused_forward(module: Any, caches: DCARopeCaches, positions: torch.Tensor, query: torch.Tensor,

@@ -13,6 +13,12 @@ intra call, which is plain causal FlashInfer attention. Decode is one call over 
 
 YaRN's attention temperature is applied by multiplying queries by ``s**2`` (per request); cached keys are
 never rescaled, so the radix cache stays valid across requests of any length.
+
+FP8 KV (``shape.kv_dtype`` e4m3 / e5m2): every wrapper is planned with the FP8 ``kv_data_type`` and reads the pool
+as stored; the layer's per-tensor ``k_scale`` / ``v_scale`` go to ``run`` (FlashInfer folds ``k_scale`` into the
+softmax scale, so the returned LSEs and their merge are those of the dequantised keys, and multiplies the output by
+``v_scale``), as SGLang's own FlashInfer backend calls it. Prefill then uses FlashInfer's FA2 kernels (SGLang's
+choice for paged prefill; bf16 query x FP8 KV); decode already does (tensor-core decode runs FA2 prefill kernels).
 """
 
 from __future__ import annotations
@@ -71,6 +77,11 @@ class DecodeGraphState:
     wrapper: BatchDecodeWithPagedKVCacheWrapper
 
 
+def _run_scales(k_scale: float, v_scale: float) -> dict:
+    """FlashInfer ``run`` keyword scales: omitted at 1.0 (a bf16 pool), which skips its extra ``out *= v_scale``."""
+    return {name: float(x) for name, x in (("k_scale", k_scale), ("v_scale", v_scale)) if x != 1.0}
+
+
 def _last_page_lens(n: int) -> torch.Tensor:
     """Host ``[n]`` int32 ones: with one token per page every last page holds one entry."""
     return torch.ones(n, dtype=torch.int32)
@@ -93,8 +104,9 @@ class DCAAttention:
         self.cfg = cfg
         self.device = workspace.device
         self.workspace = workspace
-        self.intra = BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD", backend="auto")
-        self.cross = BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD", backend="auto")
+        backend = "fa2" if shape.fp8_kv else "auto"
+        self.intra = BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD", backend=backend)
+        self.cross = BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD", backend=backend)
         self.decode = BatchDecodeWithPagedKVCacheWrapper(workspace, "NHD", use_tensor_cores=True)
         self._graph_kv_indices: Optional[torch.Tensor] = None
         self._graph_indptr: Optional[torch.Tensor] = None
@@ -162,6 +174,8 @@ class DCAAttention:
         q5: torch.Tensor,
         kv_cache: tuple[torch.Tensor, torch.Tensor],
         layer_id: int = 0,
+        k_scale: float = 1.0,
+        v_scale: float = 1.0,
     ) -> torch.Tensor:
         """Attention output of a planned prefill batch for one layer.
 
@@ -176,6 +190,9 @@ class DCAAttention:
             ``[N, Hkv, D]`` each: the layer's KV pool, already holding the batch's new keys.
         layer_id : int
             Unused (every layer runs the same plan); the call shape of ``SparsePrefill.run_extend``.
+        k_scale, v_scale : float
+            Per-tensor dequantisation scales of an FP8 pool (SGLang's ``layer.k_scale_float`` / ``v_scale_float``);
+            1.0 for bf16.
 
         Returns
         -------
@@ -188,13 +205,14 @@ class DCAAttention:
         q = q_all[:, 0]
         if state.token_scale is not None:
             q = q * state.token_scale.view(t, 1, 1).to(q.dtype)
-        o, lse = self.intra.run(q.contiguous(), kv_cache, return_lse=True)  # [T,H,D], [T,H] base 2
+        sc = _run_scales(k_scale, v_scale)
+        o, lse = self.intra.run(q.contiguous(), kv_cache, return_lse=True, **sc)  # [T,H,D], [T,H] base 2
         if state.cross is None:
             return o
         qx = q_all.reshape(t * q_all.shape[1], h, d).index_select(0, state.cross.q_rows)  # [Ns+Ni, H, D]
         if state.cross_scale is not None:
             qx = qx * state.cross_scale.view(-1, 1, 1).to(qx.dtype)
-        ox, lsex = self.cross.run(qx, kv_cache, return_lse=True)
+        ox, lsex = self.cross.run(qx, kv_cache, return_lse=True, **sc)
         ns = state.num_succ_rows
         for rows, lo, hi in ((state.succ_tokens, 0, ns), (state.inter_tokens, ns, ox.shape[0])):
             if hi > lo:
@@ -259,6 +277,7 @@ class DCAAttention:
         q5: torch.Tensor,
         kv_cache: tuple[torch.Tensor, torch.Tensor],
         step: DecodeStep,
+        k_scale: float = 1.0, v_scale: float = 1.0,
     ) -> torch.Tensor:
         """One decode step for one layer: 3 kernels around the attention call, static shapes, no host sync.
 
@@ -268,6 +287,8 @@ class DCAAttention:
             ``[B, 5 * H * D]`` (or ``[B, H * D]`` without DCA).
         step : DecodeStep
             From :meth:`decode_step` for this batch.
+        k_scale, v_scale : float
+            FP8 pool scales (Python floats: recorded into a CUDA graph as constants, as SGLang does); 1.0 for bf16.
 
         Returns
         -------
@@ -280,7 +301,7 @@ class DCAAttention:
         if q_all.shape[1] == 1:
             q_all = q_all.expand(b, 3, h, d)
         q = (q_all[:, :3] * step.q_scale).view(3 * b, h, d)  # [3B, H, D] request-major
-        o, lse = wrapper.run(q, kv_cache, return_lse=True)  # [3B, H, D], [3B, H] base 2
+        o, lse = wrapper.run(q, kv_cache, return_lse=True, **_run_scales(k_scale, v_scale))  # [3B,H,D], [3B,H] base 2
         lse = lse.view(b, 3, h) + step.lse_bias  # placeholders -> -inf
         out, _ = merge_states(o.view(b, 3, h, d), lse)
         return out

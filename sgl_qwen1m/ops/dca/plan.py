@@ -28,6 +28,7 @@ import torch
 from sgl_qwen1m.config import DCAConfig
 
 __all__ = [
+    "FP8_KV_DTYPES",
     "DCAShape",
     "Stage",
     "Segment",
@@ -44,6 +45,8 @@ __all__ = [
 ]
 
 NUM_Q_VARIANTS = 5  # q, q_succ, q_inter, q_succ_critical, q_inter_critical (SGLang concatenates them on dim -1)
+# KV pool dtypes of SGLang's --kv-cache-dtype fp8_e4m3 / fp8_e5m2 (per-tensor scales, stored as uint8, read as these)
+FP8_KV_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,11 @@ class DCAShape:
     q_dtype: torch.dtype
     kv_dtype: torch.dtype
     sm_scale: float
+
+    @property
+    def fp8_kv(self) -> bool:
+        """The KV pool is FP8 (read as stored by every kernel, with the layer's per-tensor scales)."""
+        return self.kv_dtype in FP8_KV_DTYPES
 
     def __post_init__(self) -> None:
         if self.num_qo_heads % self.num_kv_heads:

@@ -7,6 +7,12 @@ dominates a long-context decode step. This kernel reads the same cos/sin caches 
 keys, NeoX style (rotate halves), with ``rotary_dim == head_dim``. With ``kv_write`` it also stores the rotated keys
 and the values into the paged KV pool rows ``cache_loc`` (what SGLang models ask of RoPE through
 ``fused_set_kv_buffer_arg`` when they skip the attention backend's own KV write).
+
+FP8 pools: SGLang 0.5.17 passes ``fused_set_kv_buffer_arg`` on CUDA only for a bf16 pool
+(``models/utils.enable_fused_set_kv_buffer``; ``tests/test_rope_families.py`` checks the condition), so with
+``--kv-cache-dtype fp8_*`` qwen3_moe leaves the write to the attention backend, whose ``set_kv_buffer`` quantises
+with the layer scales. Should an FP8 (float8-typed) buffer arrive anyway, the kernel casts to it with scale 1.0, which
+is what SGLang's CUDA arg builder implies (it asserts that the layer has no ``k_scale`` / ``v_scale``).
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ import triton.language as tl
 from sgl_qwen1m.ops.dca.plan import DCARopeCaches
 
 __all__ = ["dca_rope"]
+
+# pool dtypes the fused write stores into (FP8: cast with scale 1.0, see the module docstring; a uint8 view is refused)
+_POOL_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 @triton.jit
@@ -89,8 +98,8 @@ def dca_rope(
         contiguous.
     caches : DCARopeCaches
         Tables of dtype ``q.dtype`` (or float32), last dim ``D``.
-    kv_write : object with ``value`` ``[T, Hkv * D]``, ``k_buffer`` / ``v_buffer`` ``[N, Hkv * D]`` (bf16, fp16 or
-        fp32) and ``cache_loc`` ``[T]`` (SGLang's ``FusedSetKVBufferArg`` has exactly these), or None. When given,
+    kv_write : object with ``value`` ``[T, Hkv * D]``, ``k_buffer`` / ``v_buffer`` ``[N, Hkv * D]`` (bf16, fp16,
+        fp32, or float8 e4m3 / e5m2 at scale 1.0) and ``cache_loc`` ``[T]`` (SGLang's ``FusedSetKVBufferArg`` has exactly these), or None. When given,
         row ``cache_loc[t]`` of ``k_buffer`` gets the rotated key of token ``t`` and of ``v_buffer`` its value.
 
     Returns
@@ -116,8 +125,8 @@ def dca_rope(
             if x.dim() != 2 or x.shape[1] != hkv * d or x.stride(-1) != 1:
                 raise ValueError(f"dca_rope: kv_write.{name} must be [rows, {hkv * d}] with a contiguous last dim, "
                                  f"got {tuple(x.shape)}")
-            if name != "value" and x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
-                raise ValueError(f"dca_rope: kv_write.{name} dtype {x.dtype} is not supported (bf16/fp16/fp32)")
+            if name != "value" and x.dtype not in _POOL_DTYPES:
+                raise ValueError(f"dca_rope: kv_write.{name} dtype {x.dtype} is not supported {_POOL_DTYPES}")
         if v.shape[0] != t or loc.shape != (t,):
             raise ValueError(f"dca_rope: kv_write needs value [T, ...] and cache_loc [T] with T={t}, "
                              f"got {tuple(v.shape)}, {tuple(loc.shape)}")

@@ -37,6 +37,11 @@ def _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, var, h, D: tl.constexpr):
 
 
 @triton.jit
-def _load_kv(X, s_xn, kvoff, slots, cmask, D: tl.constexpr):
+def _load_kv(X, s_xn, kvoff, slots, cmask, dtype: tl.constexpr, D: tl.constexpr):
+    """``[BN, D]`` pool rows ``slots`` of one KV head, converted in registers to ``dtype`` (the query dtype).
+
+    An FP8 pool (e4m3 / e5m2: SGLang's ``--kv-cache-dtype fp8_*``) is read as stored and widened here, exactly (every
+    e4m3 / e5m2 value is a bf16 / fp16 value); its per-tensor scale is applied by the caller in fp32, after the dot
+    (keys: folded into the logit scale; values: into the output). For a bf16 pool the conversion is a no-op."""
     d = tl.arange(0, D)
-    return tl.load(X + slots[:, None] * s_xn + kvoff + d[None, :], mask=cmask[:, None], other=0.0)
+    return tl.load(X + slots[:, None] * s_xn + kvoff + d[None, :], mask=cmask[:, None], other=0.0).to(dtype)

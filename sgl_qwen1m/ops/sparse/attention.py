@@ -4,7 +4,8 @@
 diagonals and then its extra columns, switching between the intra / succ / inter query rotations by key region,
 so all DCA stages of a query merge inside one online softmax (no LSE merge pass). Keys and values are read
 through ``req_to_token`` from the pool, by KV head, so a GQA group's query heads (adjacent programs) share
-them in L2. Returns natural-log LSE.
+them in L2. Returns natural-log LSE. An FP8 pool (e4m3 / e5m2) is read as stored and widened in registers; its
+per-tensor ``k_scale`` is folded into the logit scale and ``v_scale`` into the output (no dequantised copy).
 
 fp32 oracle: :func:`sgl_qwen1m.ops.sparse.reference.pattern_mask_ref` with ``ops.dca.reference.dca_attention_ref``;
 tests: ``tests/test_sparse.py``.
@@ -49,9 +50,9 @@ def _diag_loop(q, scale, m, l, acc, lo, hi, dg, rb, rows, qend, R2T, pool, s_r2t
         cols = (rb - dd) * BN + tl.arange(0, BN)
         cmask = cols < qend
         slots = tl.load(R2T + pool * s_r2t + cols, mask=cmask, other=0).to(tl.int64)
-        k = _load_kv(K, s_kn, kvoff, slots, cmask, D)
+        k = _load_kv(K, s_kn, kvoff, slots, cmask, q.dtype, D)
         s = tl.where(cols[None, :] <= rows[:, None], tl.dot(q, tl.trans(k)), float("-inf"))
-        v = _load_kv(V, s_vn, vvoff, slots, cmask, D)
+        v = _load_kv(V, s_vn, vvoff, slots, cmask, q.dtype, D)
         m, l, acc = _online(m, l, acc, s, scale, v)
     return m, l, acc
 
@@ -66,9 +67,9 @@ def _col_loop(q, scale, m, l, acc, lo, hi, vc, cv, rb, R2T, pool, s_r2t, K, s_kn
         covered = tl.load(cv + (rb - cols // BN), mask=im, other=1)
         ok = im & (covered == 0)
         slots = tl.load(R2T + pool * s_r2t + cols, mask=ok, other=0).to(tl.int64)
-        k = _load_kv(K, s_kn, kvoff, slots, ok, D)
+        k = _load_kv(K, s_kn, kvoff, slots, ok, q.dtype, D)
         s = tl.where(ok[None, :], tl.dot(q, tl.trans(k)), float("-inf"))
-        v = _load_kv(V, s_vn, vvoff, slots, ok, D)
+        v = _load_kv(V, s_vn, vvoff, slots, ok, q.dtype, D)
         m, l, acc = _online(m, l, acc, s, scale, v)
     return m, l, acc
 
@@ -78,7 +79,7 @@ def _col_loop(q, scale, m, l, acc, lo, hi, vc, cv, rb, R2T, pool, s_r2t, K, s_kn
 def _vs_attn_kernel(
     Q, s_qt, s_qv, s_qh, QS, K, s_kn, s_kh, V, s_vn, s_vh, O, s_ot, s_oh, LSE, s_lt,
     R2T, s_r2t, PIECE, BLK, DIAG, s_dg_p, s_dg_h, COV, s_cv_p, s_cv_h, VCOL, s_vc_p, s_vc_h, DCNT, VCNT, MB,
-    sm_log2,
+    sm_log2, v_scale,
     G: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, DCA: tl.constexpr,
 ):
     h = tl.program_id(0)
@@ -129,7 +130,7 @@ def _vs_attn_kernel(
                                kvoff, V, s_vn, vvoff, BN, D)
         m, l, acc = _col_loop(q, scale, m, l, acc, 0, v_inter, vc, cv, rb, R2T, pool, s_r2t, K, s_kn, kvoff,
                               V, s_vn, vvoff, BN, D)
-    out = acc / l[:, None]
+    out = acc * (v_scale / l)[:, None]  # v_scale: the FP8 pool's per-tensor value scale (1.0 for bf16)
     d = tl.arange(0, D)
     tl.store(O + trow[:, None] * s_ot + h * s_oh + d[None, :], out.to(O.dtype.element_ty), mask=rmask[:, None])
     if LSE is not None:
@@ -144,6 +145,8 @@ def vs_attention(
     *,
     sm_scale: float,
     dca: bool,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
     out: Optional[torch.Tensor] = None,
     return_lse: bool = False,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -159,8 +162,12 @@ def vs_attention(
         The layer's pattern: ``diag``, ``cov`` ``[P, H, NB]``; ``v_idx`` ``[P, H, KV]``; ``dcnt``, ``vcnt``
         ``[P, H, MB, 3]``.
     kv_cache : (k, v)
-        ``[N, Hkv, D]`` each: the layer's pools (keys at DCA positions).
+        ``[N, Hkv, D]`` each: the layer's pools (keys at DCA positions), in the query dtype or FP8 (e4m3 / e5m2,
+        widened in registers; no dequantised copy).
     sm_scale : softmax scale; dca : whether the succ / inter regions run (a DCA model).
+    k_scale, v_scale : the pool's per-tensor dequantisation scales (SGLang's ``layer.k_scale_float`` /
+        ``v_scale_float``; 1.0 for a bf16 pool). ``k_scale`` is folded into the fp32 logit scale (so the LSE is that
+        of the dequantised keys), ``v_scale`` multiplies the normalised output.
     out : optional ``[T, H, D]`` output buffer.
 
     Returns
@@ -187,7 +194,7 @@ def vs_attention(
             req_to_token, req_to_token.stride(0), piece_table, block_table,
             diag, diag.stride(0), diag.stride(1), cov, cov.stride(0), cov.stride(1),
             v_idx, v_idx.stride(0), v_idx.stride(1), dcnt, vcnt, dcnt.shape[2],
-            sm_scale * LOG2E,
+            sm_scale * k_scale * LOG2E, float(v_scale),
             G=h // hkv, D=d, BM=BLOCK, BN=BLOCK, DCA=dca,
         )
     return out, lse

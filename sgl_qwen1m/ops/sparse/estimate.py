@@ -6,6 +6,8 @@ Workspace is ``[P, H, L]`` scores plus ``[P, H, S, 64]`` partials: no ``[H, 64, 
 walks the inter, succ and intra key regions in turn, each with its own query variant, so one query tile is live
 (selecting the variant per tile cost 41-44% of the estimation time, ``benchmarks/results/sparse-ab-h100/estimate_regions_h100.log``).
 
+An FP8 key pool is widened in registers and its per-tensor ``k_scale`` folded into the logit scale.
+
 fp32 oracle: :func:`sgl_qwen1m.ops.sparse.reference.estimate_vs_ref`; tests: ``tests/test_sparse.py``.
 """
 
@@ -80,7 +82,7 @@ def _est_logits(q, scale, K, s_kn, kvoff, R2T, pool, s_r2t, t, qend, pos, rmask,
     cols = c + tl.arange(0, BN)
     cmask = cols < qend
     slots = tl.load(R2T + pool * s_r2t + cols, mask=cmask, other=0).to(tl.int64)
-    k = _load_kv(K, s_kn, kvoff, slots, cmask, D)
+    k = _load_kv(K, s_kn, kvoff, slots, cmask, q.dtype, D)
     s = tl.dot(q, tl.trans(k)) * scale[:, None]  # fp32 logits in log2 units
     valid = rmask[:, None] & (cols[None, :] <= pos[:, None])
     return tl.where(valid, s, float("-inf")), valid, cols, cmask, c
@@ -181,6 +183,7 @@ def estimate_scores(
     *,
     sm_scale: float,
     chunk_len: Optional[int],
+    k_scale: float = 1.0,
 ) -> torch.Tensor:
     """Vertical and slash scores of every piece (see :mod:`sgl_qwen1m.ops.sparse.plan`).
 
@@ -191,8 +194,9 @@ def estimate_scores(
         The batch's plan: ``q_scale`` ``[T]`` float32 per-token logit multiplier (YaRN ``s**2``; ones without),
         ``req_to_token`` ``[R, ctx]`` int32 slot table, ``piece_table`` ``[P, 8]`` int32 (column 0 already mapped to
         the request's row in ``req_to_token``), ``plan.max_len`` L, the longest ``q_end``.
-    k_cache : ``[N, Hkv, D]`` the layer's key pool.
+    k_cache : ``[N, Hkv, D]`` the layer's key pool, in the query dtype or FP8 (widened in registers).
     sm_scale : softmax scale; chunk_len : DCA chunk length C, or None without DCA.
+    k_scale : the key pool's per-tensor dequantisation scale (1.0 for bf16), folded into the fp32 logit scale.
 
     Returns
     -------
@@ -209,7 +213,7 @@ def estimate_scores(
     tiles = triton.cdiv(max_len, BLOCK)
     ns = splits_per_row(h * p, tiles, q.device)
     ml = torch.empty(p, h, ns, 2, BLOCK, dtype=torch.float32, device=q.device)
-    sm_log2 = sm_scale * LOG2E
+    sm_log2 = sm_scale * k_scale * LOG2E
     cl = chunk_len if dca else 1 << 30
     common = dict(G=h // hkv, D=d, BM=BLOCK, BN=BLOCK, DCA=dca)
     grid = (h, p, ns)

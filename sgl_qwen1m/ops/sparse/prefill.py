@@ -120,14 +120,17 @@ class SparsePrefill:
 
     # ------------------------------------------------------------------ estimate + select, attend (per layer)
 
-    def pattern(self, state: SparseState, layer_id: int, q: torch.Tensor, k_cache: torch.Tensor) -> SparsePattern:
-        """Estimate and select one layer's pattern. ``q``: ``[T, V, H, D]``; ``k_cache``: ``[N, Hkv, D]``.
+    def pattern(self, state: SparseState, layer_id: int, q: torch.Tensor, k_cache: torch.Tensor,
+                k_scale: float = 1.0) -> SparsePattern:
+        """Estimate and select one layer's pattern. ``q``: ``[T, V, H, D]``; ``k_cache``: ``[N, Hkv, D]`` (bf16 /
+        fp16, or FP8 with per-tensor scale ``k_scale``).
 
         Three launches: ``estimate_scores`` (two passes), ``select_vs`` (radix top-k + compaction) and
         ``pattern_bounds``. With ``QWEN1M_SPARSE_SELECT=torch`` the selection runs through their torch references
         (``select_vertical_slash`` + ``build_pattern``) instead."""
         pp = state.plan
-        scores = estimate_scores(q, state, k_cache, sm_scale=self.shape.sm_scale, chunk_len=self.chunk_len)
+        scores = estimate_scores(q, state, k_cache, sm_scale=self.shape.sm_scale, chunk_len=self.chunk_len,
+                                 k_scale=k_scale)
         budget = self.budgets[layer_id]
         if self.torch_select:
             v_idx, s_idx = select_vertical_slash(scores[0], scores[1], state.q_end, budget)
@@ -154,10 +157,12 @@ class SparsePrefill:
         q: torch.Tensor,
         kv_cache: tuple[torch.Tensor, torch.Tensor],
         return_lse: bool = False,
+        k_scale: float = 1.0,
+        v_scale: float = 1.0,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Sparse attention with a selected pattern: (``[T, H, D]``, natural-log LSE ``[T, H]`` or None)."""
         return vs_attention(q, state, pat, kv_cache, sm_scale=self.shape.sm_scale, dca=self.cfg is not None,
-                            return_lse=return_lse)
+                            k_scale=k_scale, v_scale=v_scale, return_lse=return_lse)
 
     def run_extend(
         self,
@@ -165,15 +170,18 @@ class SparsePrefill:
         q5: torch.Tensor,
         kv_cache: tuple[torch.Tensor, torch.Tensor],
         layer_id: int,
+        k_scale: float = 1.0,
+        v_scale: float = 1.0,
     ) -> torch.Tensor:
         """One layer: ``q5`` ``[T, V * H * D]`` (SGLang's concatenated variants), ``kv_cache`` ``[N, Hkv, D]`` each
-        -> ``[T, H, D]`` in ``q5.dtype``. ``layer_id`` picks the layer's budgets."""
+        -> ``[T, H, D]`` in ``q5.dtype``. ``layer_id`` picks the layer's budgets. An FP8 pool is read as stored and
+        widened in registers; ``k_scale`` / ``v_scale`` are its per-tensor scales (1.0 for bf16)."""
         t = q5.shape[0]
         q = q5.view(t, -1, self.shape.num_qo_heads, self.shape.head_dim)
-        pat = self.pattern(state, layer_id, q, kv_cache[0])
+        pat = self.pattern(state, layer_id, q, kv_cache[0], k_scale)
         if self.stats and layer_id == 0:
             self.log_stats(state, pat)
-        return self.attend(state, pat, q, kv_cache)[0]
+        return self.attend(state, pat, q, kv_cache, k_scale=k_scale, v_scale=v_scale)[0]
 
     def log_stats(self, state: SparseState, pat: SparsePattern) -> None:
         """Computed (query, key) pairs of one layer against dense causal attention (diagnostics; syncs)."""
