@@ -598,3 +598,7 @@ def test_rows_carry_the_model_label_of_their_shape_directory(tmp_path):
     assert res.upsert("ttft_s", "qwen1m-sparse", 1024, 1.0)["model"] == "qwen2.5-7b-1m"
     assert res.upsert("ttft_s", "flashinfer", 1024, 1.0, model="qwen2.5-7b")["model"] == "qwen2.5-7b"
     assert results.Results.load(tmp_path / "r.json")["rows"][0]["model"] == "qwen2.5-7b-1m"
+    from sgl_qwen1m.bench.backends import kv_dtype_label
+
+    assert kv_dtype_label(None, dirs["dca"]) == kv_dtype_label("auto", dirs["dca"]) == "bf16"
+    assert kv_dtype_label("fp8_e4m3", dirs["dca"]) == "fp8_e4m3"

@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Optional
 
-from .backends import SPECS, BackendSpec, model_label, prepare_model_dir, source_dir
+from .backends import SPECS, BackendSpec, kv_dtype_label, model_label, prepare_model_dir, source_dir
 from .common import Deadline, Progress, check_output, make_prompt, median
 from .e2e import E2EOptions, context_length_for
 from sgl_qwen1m.sizing import ModelShape, prefill_floor_s, prefill_flops
@@ -262,7 +262,9 @@ def run_worker(opts: E2EOptions, name: str) -> int:
     """Measure one backend into ``opts.out``; return 0 on success (errors are recorded, not raised)."""
     spec = SPECS[name]
     res = Results.open(opts.out)
-    res.row_defaults["model"] = model_label(source_dir(spec, opts.model_shape, opts.model_dca))
+    src = source_dir(spec, opts.model_shape, opts.model_dca)
+    res.row_defaults.update(model=model_label(src),
+                            kv_dtype=kv_dtype_label(opts.engine_args.get("kv_cache_dtype"), src))
     try:
         model_dir = prepare_model_dir(
             spec, Path(opts.model_shape), Path(opts.model_dca), Path(opts.work_dir) / "models"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .backends import SPECS, model_label, prepare_model_dir, source_dir
+from .backends import SPECS, kv_dtype_label, model_label, prepare_model_dir, source_dir
 from .common import Deadline, EngineOptions, Progress, check_output, make_prompt, sse_chunks, stop_process_group
 from sgl_qwen1m.sizing import ModelShape, auto_context_length
 from .gpu_mem import GpuMemSampler
@@ -181,7 +181,9 @@ def run_serve_smoke(opts: ServeOptions, argv: Optional[list[str]] = None) -> int
         collect_versions(),
         extra={"serve_config": dict(vars(opts), context_length=ctx, server_command=cmd)},
     )
-    res.row_defaults["model"] = model_label(source_dir(SPECS[name], opts.model_shape, opts.model_dca))
+    src = source_dir(SPECS[name], opts.model_shape, opts.model_dca)
+    kv_arg = next((a.split("=", 1)[1] for a in opts.server_args if a.startswith("--kv-cache-dtype=")), None)
+    res.row_defaults.update(model=model_label(src), kv_dtype=kv_dtype_label(kv_arg, src))
     res.backend_info(name, checked=False, error=None, server_command=" ".join(cmd), log_file=str(log_path))
     ids = make_prompt(opts.prompt_tokens, opts.seed, shape.vocab)
     url = f"http://{opts.host}:{port}"
