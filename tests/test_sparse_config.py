@@ -41,3 +41,24 @@ def test_enabled_without_budgets_is_a_clear_error():
            "dual_chunk_attention_config": {"chunk_size": 1024, "local_size": 128, "sparse_attention_enabled": True}}
     with pytest.raises(ConfigError, match="no sparse_attention_config.json"):
         sparse_budgets_from_hf(raw, DCAConfig.from_hf_config(raw))
+
+
+@pytest.mark.parametrize(
+    "shape, layers, heads, mean_vertical, mean_slash",
+    # Means from the research notes (shared/research/qwen1m-method.md section 1.7), an independent read of the same
+    # public budgets: 7B-1M from Qwen's file, 14B-1M from MInference's Qwen2.5_14B_Instruct_1M.json.
+    [("qwen2.5-14b-1m-shape", 48, 40, 2357, 6055)],
+)
+def test_shipped_budget_files_parse_for_their_model(shape, layers, heads, mean_vertical, mean_slash):
+    from pathlib import Path
+
+    from sgl_qwen1m.config import SparseBudgets
+
+    d = Path(__file__).resolve().parents[1] / "benchmarks" / "models" / shape
+    cfg = json.loads((d / "config.json").read_text())
+    assert (cfg["num_hidden_layers"], cfg["num_attention_heads"]) == (layers, heads)
+    budgets = SparseBudgets.from_json(d / "sparse_attention_config.json", num_layers=layers, num_heads=heads)
+    heads_all = [b for layer in budgets.heads for b in layer]
+    assert len(heads_all) == layers * heads
+    assert sum(b.vertical for b in heads_all) / len(heads_all) == pytest.approx(mean_vertical, abs=0.5)
+    assert sum(b.slash for b in heads_all) / len(heads_all) == pytest.approx(mean_slash, abs=0.5)
