@@ -7,6 +7,7 @@ a fake ``sglang.Engine`` and a fake ``sglang.launch_server`` written into a temp
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import math
 import struct
@@ -282,8 +283,11 @@ def test_prepare_model_dir(tmp_path: Path) -> None:
     assert local == DCA_DIR and specs["qwen1m-sparse-local"].weights == "local"
     with pytest.raises(ValueError):
         backends.prepare_model_dir(specs["flashinfer"], DCA_DIR, DCA_DIR, tmp_path)
-    with pytest.raises(ValueError):
-        backends.prepare_model_dir(specs["qwen1m-sparse"], SHAPE_DIR, MODELS / "qwen2.5-14b-1m-shape", tmp_path)
+    no_budgets = tmp_path / "dca-without-budgets"
+    no_budgets.mkdir()
+    shutil.copy(MODELS / "qwen2.5-14b-1m-shape" / "config.json", no_budgets / "config.json")
+    with pytest.raises(ValueError, match="needs the sparse budgets"):
+        backends.prepare_model_dir(specs["qwen1m-sparse"], SHAPE_DIR, no_budgets, tmp_path)
 
 
 def test_gpu_mem_sampler_windows() -> None:
