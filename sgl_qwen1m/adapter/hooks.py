@@ -92,18 +92,21 @@ def attention_compat_after(result: Any, server_args: Any, *args, **kwargs) -> No
         check_launch_config(server_args.get_model_config(), view)
         graphs = server_args.cuda_graph_config.prefill
         if graphs.backend != Backend.DISABLED:
-            logger.info(
-                "sgl_qwen1m: prefill CUDA graphs (--cuda-graph-backend-prefill %s) -> disabled for the qwen1m "
-                "backend (DCA's query is 5x wider than the graph's output buffer); decode graphs stay on",
-                graphs.backend,
-            )
+            _log_prefill_graphs_off(graphs.backend)
             graphs.backend = Backend.DISABLED
         if server_args.enable_mixed_chunk:
-            logger.warning(
-                "sgl_qwen1m: --enable-mixed-chunk -> off for the qwen1m backend (it plans prefill and decode batches "
-                "separately; mixed batches are not implemented)"
-            )
+            _log_mixed_chunk_off()
         server_args.enable_mixed_chunk = False
+
+
+def _log_prefill_graphs_off(backend: Any) -> None:
+    logger.info("sgl_qwen1m: prefill CUDA graphs (--cuda-graph-backend-prefill %s) -> disabled for the qwen1m backend "
+                "(DCA's query is 5x wider than the graph's output buffer); decode graphs stay on", backend)
+
+
+def _log_mixed_chunk_off() -> None:
+    logger.warning("sgl_qwen1m: --enable-mixed-chunk -> off for the qwen1m backend (it plans prefill and decode "
+                   "batches separately; mixed batches are not implemented)")
 
 
 def _sparse_file_of(model_path: str, revision: Optional[str] = None) -> Optional[str]:
@@ -240,13 +243,10 @@ def attention_resolution_hook(server_args: Any, previous) -> None:
     decided = {}
     graphs = view.cuda_graph_config
     if graphs.prefill.backend != Backend.DISABLED:
-        logger.info("sgl_qwen1m: prefill CUDA graphs (--cuda-graph-backend-prefill %s) -> disabled for the qwen1m "
-                    "backend (DCA's query is 5x wider than the graph's output buffer); decode graphs stay on",
-                    graphs.prefill.backend)
+        _log_prefill_graphs_off(graphs.prefill.backend)
         decided["cuda_graph_config"] = with_phase(graphs, Phase.PREFILL, backend=Backend.DISABLED)
     if view.enable_mixed_chunk:
-        logger.warning("sgl_qwen1m: --enable-mixed-chunk -> off for the qwen1m backend (it plans prefill and decode "
-                       "batches separately; mixed batches are not implemented)")
+        _log_mixed_chunk_off()
         decided["enable_mixed_chunk"] = False
     if decided:
         declare_resolution(server_args, source, **decided)
