@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_SPARSE_THRESHOLD",
     "DEFAULT_LAST_Q",
     "MIN_SPARSE_QUERIES",
+    "runs_sparse",
     "SINK_COLUMNS",
     "LOCAL_DIAGONALS",
     "VERTICAL_SLASH",
@@ -78,6 +79,13 @@ KNOWN_DCA_KEYS = (
 
 class ConfigError(ValueError):
     """A configuration value breaks a rule; the message names field, value and rule."""
+
+
+def runs_sparse(seq_len: int, extend_len: int, threshold: int) -> bool:
+    """Whether a request's prefill piece runs sparse: it attends more than ``threshold`` keys after this extend and
+    extends by at least :data:`MIN_SPARSE_QUERIES` tokens. One rule for the sparse planner
+    (``ops/sparse/plan.py:plan_pieces``) and the scheduler's cost model."""
+    return seq_len > threshold and extend_len >= MIN_SPARSE_QUERIES
 
 
 def _int_field(cfg: Mapping[str, Any], name: str, default: Optional[int], where: str) -> int:

@@ -20,7 +20,7 @@ work count              what it counts (all layers summed unless said otherwise)
 ======================  ====================================================================================
 
 A prefill piece is sparse when the model has budgets, its sequence after the step (``P + c``) exceeds
-``sparse_threshold`` and it has at least ``MIN_SPARSE_QUERIES`` queries (see ``ops/sparse/plan.py:plan_pieces``).
+``sparse_threshold`` and it has at least ``MIN_SPARSE_QUERIES`` queries (``config.runs_sparse``, the planner's rule).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Optional, Sequence
 
-from sgl_qwen1m.config import DEFAULT_SPARSE_THRESHOLD, MIN_SPARSE_QUERIES, SPARSE_BLOCK, SparseBudgets
+from sgl_qwen1m.config import DEFAULT_SPARSE_THRESHOLD, SPARSE_BLOCK, SparseBudgets, runs_sparse
 from sgl_qwen1m.sizing import ModelShape, activation_bytes_per_token
 
 __all__ = ["StepWork", "PrefillPiece", "Step", "CostModel", "WORK_FIELDS", "sum_min"]
@@ -151,7 +151,7 @@ class CostModel:
 
     def is_sparse_piece(self, prefix: int, extend: int) -> bool:
         """Whether a prefill piece runs the sparse path (mirrors ``plan_pieces``)."""
-        return self.sparse and prefix + extend > self.sparse_threshold and extend >= MIN_SPARSE_QUERIES
+        return self.sparse and runs_sparse(prefix + extend, extend, self.sparse_threshold)
 
     def _sparse_pairs(self, lo: int, hi: int) -> float:
         """Query-key pairs over all layers and heads for queries whose key counts run ``lo..hi``."""

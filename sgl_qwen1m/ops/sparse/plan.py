@@ -33,7 +33,7 @@ from typing import Optional, Sequence
 import torch
 
 from sgl_qwen1m.ops.dca.plan import DCAPlan, RequestSpan
-from sgl_qwen1m.config import MIN_SPARSE_QUERIES, SPARSE_BLOCK, DCAConfig, SparseBudgets
+from sgl_qwen1m.config import MIN_SPARSE_QUERIES, SPARSE_BLOCK, DCAConfig, SparseBudgets, runs_sparse
 
 __all__ = [
     "BLOCK",
@@ -157,7 +157,7 @@ def plan_pieces(
                 q_pos0=q_end - seg.q_len,
                 q_len=seg.q_len,
                 c0=seg.kv_start,
-                sparse=spans[seg.req].seq_len > threshold and spans[seg.req].extend_len >= MIN_SPARSE_QUERIES,
+                sparse=runs_sparse(spans[seg.req].seq_len, spans[seg.req].extend_len, threshold),
             )
         )
     if not any(p.sparse for p in pieces):
