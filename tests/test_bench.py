@@ -606,3 +606,27 @@ def test_rows_carry_the_model_label_of_their_shape_directory(tmp_path):
 
     assert kv_dtype_label(None, dirs["dca"]) == kv_dtype_label("auto", dirs["dca"]) == "bf16"
     assert kv_dtype_label("fp8_e4m3", dirs["dca"]) == "fp8_e4m3"
+
+
+def test_a_memory_budget_is_on_every_row_and_each_peak_says_whether_it_held(tmp_path):
+    from sgl_qwen1m.bench.common import EngineOptions, budget_defaults, peak_fields
+
+    assert budget_defaults(EngineOptions()) == {} and "within_budget" not in peak_fields(50.0, EngineOptions())
+    opts = EngineOptions(mem_budget_gib=48.0)
+    res = results.Results.open(tmp_path / "r.json", command="x", gpu="g", versions={})
+    res.row_defaults.update(budget_defaults(opts))
+    assert res.upsert("ttft_s", "qwen1m-sparse", 1_000_000, 60.0)["mem_budget_gib"] == 48.0
+    assert res.upsert("peak_mem_gib", "qwen1m-sparse", 1_000_000, 47.5, **peak_fields(47.5, opts))["within_budget"]
+    assert not res.upsert("peak_mem_gib", "qwen1m-sparse", 2_000, 48.5, **peak_fields(48.5, opts))["within_budget"]
+    assert results.validate(results.Results.load(tmp_path / "r.json")) == []
+
+
+def test_plan_sizes_an_fp8_pool_at_one_byte_per_element(capsys):
+    from sgl_qwen1m.cli import main
+
+    args = ["plan", "--lengths", "1000000", "--gpu-gib", "139.8", "--mem-fraction-static", "0.9"]
+    assert main(args) == 0
+    bf16 = capsys.readouterr().out
+    assert main(args + ["--kv-cache-dtype", "fp8_e4m3"]) == 0
+    fp8 = capsys.readouterr().out
+    assert "KV 57344 B/token" in bf16 and "KV 28672 B/token (fp8_e4m3)" in fp8

@@ -93,6 +93,13 @@ def _common(p: argparse.ArgumentParser, mfs: float) -> None:
         help="keep SGLang's decode CUDA graphs (default: disabled, as the baselines)",
     )
     p.add_argument(
+        "--mem-budget-gib",
+        type=float,
+        default=0.0,
+        help="device memory budget the run must stay within (e.g. 48 for an L40S-class card): recorded on every "
+        "row, and each peak_mem_gib row says whether the measured peak stayed within it (0 = none)",
+    )
+    p.add_argument(
         "--deadline-s", type=float, default=0, help="stop starting new work after this many seconds (0 = none)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random prompts and of SGLang (%(default)s)")
@@ -242,6 +249,8 @@ def _plan_arguments(f: argparse.ArgumentParser) -> None:
     )
     f.add_argument("--mem-fraction-static", type=unit_fraction, default=0.80, help="in (0, 1)")
     f.add_argument("--max-running-requests", type=positive_int, default=4)
+    f.add_argument("--kv-cache-dtype", choices=["auto", "bf16", "fp8_e4m3", "fp8_e5m2"], default="auto",
+                   help="KV pool element type: auto/bf16 2 bytes, fp8_* 1 byte (%(default)s)")
     f.set_defaults(handler=_run_plan)
 
 
@@ -268,15 +277,17 @@ def _run_plan(ns: argparse.Namespace, argv: list[str]) -> int:
         shape = ModelShape.from_dir(ns.model)
     except (ValueError, KeyError, TypeError) as e:
         raise CommandError(f"--model {ns.model}: cannot read its config.json ({type(e).__name__}: {e})") from None
+    kv_b = 1 if ns.kv_cache_dtype.startswith("fp8") else 2
     print(f"{'tokens':>9} {'floor_s':>8} {'ctx':>9} {'pool_tok':>9} {'pool_GiB':>8} {'headroom':>8} fits")
     for n in ns.lengths:
         ctx = auto_context_length(n, 33)
-        m = plan_memory(shape, ns.gpu_gib, ns.mem_fraction_static, ctx, ns.max_running_requests)
+        m = plan_memory(shape, ns.gpu_gib, ns.mem_fraction_static, ctx, ns.max_running_requests, kv_dtype_bytes=kv_b)
         print(
             f"{n:>9} {prefill_floor_s(shape, n, ns.peak_tflops):>8.2f} {ctx:>9} {m.kv_pool_tokens:>9} "
             f"{m.kv_pool_gib:>8.1f} {m.headroom_gib:>8.1f} {m.fits}"
         )
-    print(f"weights {shape.weight_bytes() / 1e9:.2f} GB, KV {shape.kv_bytes_per_token()} B/token")
+    print(f"weights {shape.weight_bytes() / 1e9:.2f} GB, KV {shape.kv_bytes_per_token(kv_b)} B/token "
+          f"({ns.kv_cache_dtype})")
     return 0
 
 

@@ -43,8 +43,22 @@ class EngineOptions:
     cuda_graph: bool = False
     deadline_s: float = 0.0
     seed: int = 0
+    mem_budget_gib: float = 0.0  # > 0: rows carry it; each peak row says whether the peak stayed within it
     log_level: str = "warning"
     work_dir: str = "/tmp/sgl_qwen1m_bench"
+
+
+def budget_defaults(opts: EngineOptions) -> dict[str, float]:
+    """Row fields of a run with a memory budget (``mem_budget_gib``), none without one."""
+    return {"mem_budget_gib": opts.mem_budget_gib} if opts.mem_budget_gib > 0 else {}
+
+
+def peak_fields(peak_gib: float, opts: EngineOptions) -> dict[str, Any]:
+    """Extra fields of a ``peak_mem_gib`` row: where it was measured and, with a budget, whether it stayed within."""
+    out: dict[str, Any] = {"source": "nvidia-smi memory.used, device-wide"}
+    if opts.mem_budget_gib > 0:
+        out["within_budget"] = bool(peak_gib <= opts.mem_budget_gib)
+    return out
 
 
 # Qwen2 tokens at and above 151643 are special (<|endoftext|>, <|im_start|>, ...); prompts use regular ids only.

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .backends import SPECS, BackendSpec, kv_dtype_label, model_label, prepare_model_dir, source_dir
-from .common import Deadline, Progress, check_output, make_prompt, median
+from .common import Deadline, Progress, budget_defaults, check_output, make_prompt, median, peak_fields
 from .e2e import E2EOptions, context_length_for
 from sgl_qwen1m.sizing import ModelShape, prefill_floor_s, prefill_flops
 from .gpu_mem import GpuMemSampler
@@ -214,7 +214,7 @@ class _Run:
         )
         self.row("tflops", n, prefill_flops(self.shape, n) / t / 1e12, basis="dense-equivalent prefill FLOPs / ttft")
         if peak is not None:
-            self.row("peak_mem_gib", n, peak / 1024.0, source="nvidia-smi memory.used, device-wide")
+            self.row("peak_mem_gib", n, peak / 1024.0, **peak_fields(peak / 1024.0, self.opts))
         self.last_ttft = (n, t)
         self.log(
             f"ttft {n}: {t:.2f}s (floor {floor:.2f}s, x{t / floor:.1f})"
@@ -264,7 +264,8 @@ def run_worker(opts: E2EOptions, name: str) -> int:
     res = Results.open(opts.out)
     src = source_dir(spec, opts.model_shape, opts.model_dca)
     res.row_defaults.update(model=model_label(src),
-                            kv_dtype=kv_dtype_label(opts.engine_args.get("kv_cache_dtype"), src))
+                            kv_dtype=kv_dtype_label(opts.engine_args.get("kv_cache_dtype"), src),
+                            **budget_defaults(opts))
     try:
         model_dir = prepare_model_dir(
             spec, Path(opts.model_shape), Path(opts.model_dca), Path(opts.work_dir) / "models"

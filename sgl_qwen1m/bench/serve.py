@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .backends import SPECS, kv_dtype_label, model_label, prepare_model_dir, source_dir
-from .common import Deadline, EngineOptions, Progress, check_output, make_prompt, sse_chunks, stop_process_group
+from .common import (
+    Deadline, EngineOptions, Progress, budget_defaults, check_output, make_prompt, peak_fields, sse_chunks,
+    stop_process_group,
+)
 from sgl_qwen1m.sizing import ModelShape, auto_context_length
 from .gpu_mem import GpuMemSampler
 from .results import Results, collect_versions, command_line, gpu_name
@@ -183,7 +186,7 @@ def run_serve_smoke(opts: ServeOptions, argv: Optional[list[str]] = None) -> int
     )
     src = source_dir(SPECS[name], opts.model_shape, opts.model_dca)
     kv_arg = next((a.split("=", 1)[1] for a in opts.server_args if a.startswith("--kv-cache-dtype=")), None)
-    res.row_defaults.update(model=model_label(src), kv_dtype=kv_dtype_label(kv_arg, src))
+    res.row_defaults.update(model=model_label(src), kv_dtype=kv_dtype_label(kv_arg, src), **budget_defaults(opts))
     res.backend_info(name, checked=False, error=None, server_command=" ".join(cmd), log_file=str(log_path))
     ids = make_prompt(opts.prompt_tokens, opts.seed, shape.vocab)
     url = f"http://{opts.host}:{port}"
@@ -213,7 +216,7 @@ def run_serve_smoke(opts: ServeOptions, argv: Optional[list[str]] = None) -> int
         if "decode_step_ms" in out:
             res.upsert("decode_step_ms", name, n, out["decode_step_ms"], method="HTTP stream")
         if peak is not None:
-            res.upsert("peak_mem_gib", name, n, peak / 1024.0, source="nvidia-smi memory.used, device-wide")
+            res.upsert("peak_mem_gib", name, n, peak / 1024.0, **peak_fields(peak / 1024.0, opts))
         res.backend_info(
             name,
             checked=verdict.ok,
