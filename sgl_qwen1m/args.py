@@ -107,6 +107,11 @@ def length_or_zero(text: str) -> int:
     return lengths(text)[0] if text.strip() not in ("0", "") else 0
 
 
+def lengths_or_none(text: str) -> list[int]:
+    """Lengths as in :func:`lengths`, or ``[]`` for ``"0"`` / ``""`` ("none")."""
+    return lengths(text) if text.strip() not in ("0", "") else []
+
+
 def positive_floats(text: str) -> list[float]:
     """``"1,4,8.5"`` -> ``[1.0, 4.0, 8.5]`` in the given order; every value finite and > 0."""
     out = []

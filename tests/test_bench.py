@@ -35,7 +35,7 @@ def test_e2e_defaults_and_options() -> None:
     ns = cli.build_parser().parse_args(["bench", "e2e"])
     opts = bench_cli.e2e_options(ns)
     assert opts.backends == ["flashinfer", "qwen1m-dense"]
-    assert opts.lengths == [131072, 262144] and opts.decode_at == 262144 and opts.decode_tokens == 32
+    assert opts.lengths == [131072, 262144] and opts.decode_at == [262144] and opts.decode_tokens == 32
     assert opts.chunked_prefill_size == 8192 and opts.mem_fraction_static == 0.80
     assert Path(opts.model_shape) == SHAPE_DIR and Path(opts.model_dca) == DCA_DIR
     assert opts.out.startswith("benchmarks/results/") and opts.out.endswith(".json")
@@ -106,7 +106,7 @@ def test_serve_smoke_options_and_command() -> None:
 
 
 def test_context_length_auto() -> None:
-    opts = e2e.E2EOptions(backends=["flashinfer"], lengths=[131072, 262144], out="x.json", decode_at=262144)
+    opts = e2e.E2EOptions(backends=["flashinfer"], lengths=[131072, 262144], out="x.json", decode_at=[262144])
     assert e2e.context_length_for(opts) == 266240  # 262144 + 33 + 1024 -> next multiple of 4096
     opts.context_length = 300000
     assert e2e.context_length_for(opts) == 300000
@@ -630,3 +630,9 @@ def test_plan_sizes_an_fp8_pool_at_one_byte_per_element(capsys):
     assert main(args + ["--kv-cache-dtype", "fp8_e4m3"]) == 0
     fp8 = capsys.readouterr().out
     assert "KV 57344 B/token" in bf16 and "KV 28672 B/token (fp8_e4m3)" in fp8
+
+
+def test_decode_timing_at_several_lengths_or_none() -> None:
+    parse = lambda *a: bench_cli.e2e_options(cli.build_parser().parse_args(["bench", "e2e", *a]))  # noqa: E731
+    assert parse("--decode-at", "256K,1000000").decode_at == [262144, 1000000]
+    assert parse("--decode-at", "0").decode_at == []

@@ -15,6 +15,7 @@ from sgl_qwen1m.args import (
     key_value,
     length_or_zero,
     lengths,
+    lengths_or_none,
     positive_float,
     positive_int,
     unit_fraction,
@@ -132,7 +133,8 @@ def register(subparsers: Any) -> None:
     )
     e.add_argument("--lengths", type=lengths, default=[131072, 262144], help="prompt lengths, e.g. 128K,256K")
     e.add_argument(
-        "--decode-at", type=length_or_zero, default=262144, help="prompt length of the decode timing (0 = none)"
+        "--decode-at", type=lengths_or_none, default=[262144],
+        help="prompt lengths of the decode timing, e.g. 256K,1000000 (0 = none)"
     )
     e.add_argument("--decode-tokens", type=positive_int, default=32, help="decode steps timed (%(default)s)")
     e.add_argument(

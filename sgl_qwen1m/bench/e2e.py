@@ -51,8 +51,8 @@ class E2EOptions(EngineOptions):
     """TTFT samples per length; the median is reported."""
     decode_method: str = "stream"
     """``stream``: one streamed request, prefix from the radix cache; ``diff``: ``(t(N+1) - t(1)) / N``."""
-    decode_at: int = 0
-    """Prompt length of the decode timing (0: none)."""
+    decode_at: list[int] = field(default_factory=list)
+    """Prompt lengths of the decode timing (empty: none)."""
     decode_tokens: int = 32
 
     # Before any timing: a correctness check and a warm-up.
@@ -86,7 +86,7 @@ def context_length_for(opts: E2EOptions) -> int:
     """``--context-length`` or the smallest 4096-multiple above the longest prompt + decode tokens + 1024."""
     if opts.context_length:
         return opts.context_length
-    longest = max(list(opts.lengths) + [opts.decode_at, opts.warmup_tokens, opts.check_tokens])
+    longest = max(list(opts.lengths) + list(opts.decode_at) + [opts.warmup_tokens, opts.check_tokens])
     return auto_context_length(longest, opts.decode_tokens + 1)
 
 

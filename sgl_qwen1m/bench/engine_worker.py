@@ -310,12 +310,12 @@ def run_worker(opts: E2EOptions, name: str) -> int:
                 failures = res.data["backends"][name].setdefault("failures", [])
                 res.backend_info(name, failures=failures + [f"ttft {n}: {msg}"])
                 run.log(f"ttft {n} FAILED: {e!r}")
-        if opts.decode_at:
-            stage = f"decode {opts.decode_at}"
+        for n in opts.decode_at:
+            stage = f"decode {n}"
             try:
-                run.decode(opts.decode_at)
+                run.decode(n)
             except Exception as e:
-                run.row("decode_step_ms", opts.decode_at, None, error=f"{type(e).__name__}: {e}"[:500])
+                run.row("decode_step_ms", n, None, error=f"{type(e).__name__}: {e}"[:500])
                 raise
         return 0
     except Exception as e:
