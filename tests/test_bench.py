@@ -444,7 +444,8 @@ def test_e2e_with_fake_engine(tmp_path: Path) -> None:
     assert be["dual_chunk_flash_attn"]["engine_args"]["disable_overlap_schedule"] is True
     assert "disable_overlap_schedule" not in be["flashinfer"]["engine_args"]
     assert be["qwen1m-sparse-local"]["weights"] == {
-        "kind": "local", "q_k_bias_amplitude": 1.5, "zeroed_high_frequency_pairs": 16, "tensors": 56
+        "kind": "local", "recipe": "qwen2-bias", "amplitude": 1.5, "zeroed_high_frequency_pairs": 16,
+        "tensors": 56, "updates": 1,
     }
     assert rows[("ttft_s", "qwen1m-sparse-local", 4096)]["value"] > 0
     assert be["qwen1m-dense"]["engine_args"]["attention_backend"] == "qwen1m"

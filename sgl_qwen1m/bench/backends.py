@@ -8,8 +8,8 @@ name                       ``--attention-backend``    model directory           
 ``qwen1m-dense``           ``qwen1m``                 1M shape, ``sparse_attention_enabled``  yes
                                                       false, no budgets file
 ``qwen1m-sparse``          ``qwen1m``                 1M shape with the sparse budgets        yes
-``*-local``                as without the suffix      same, q/k biases set by                 as
-                                                      :mod:`.local_weights` after start
+``*-local``                as without the suffix      same, weights set by :mod:`.local_weights`  as
+                                                      after start (recipe per model family)
 =========================  =========================  ======================================  =======
 
 [1] SGLang's in-tree DCA backend needs FA3 (``flash_ops``) for decode and for dense prefill (chunks at or under
@@ -61,7 +61,7 @@ class BackendSpec:
     sparse: Optional[bool]  # None: the model directory as it is
     decode: bool = True
     min_prompt_tokens: int = 1
-    weights: str = "dummy"  # "local": q/k biases from .local_weights after the engine starts
+    weights: str = "dummy"  # "local": .local_weights' recipe for the model family after the engine starts
     sparse_threshold: Optional[int] = None  # written into the model directory's DCA config when set
     fa3_stub: bool = False  # run the worker with bench/fa3_stub first on PYTHONPATH
     engine_args: tuple[tuple[str, Any], ...] = ()  # ServerArgs fields this backend needs (before --engine-arg)

@@ -145,25 +145,35 @@ class _Run:
             self.log(f"get_server_info failed: {e!r}")
 
     def set_local_weights(self) -> None:
-        """Overwrite the q/k biases with :mod:`.local_weights` (attention that decays with distance)."""
-        from .local_weights import DEFAULT_AMPLITUDE, DEFAULT_SKIP_HIGH_PAIRS, local_attention_biases
+        """Overwrite a few weights with :mod:`.local_weights` (attention that decays with distance).
 
-        sh = self.shape
-        tensors = local_attention_biases(sh.layers, sh.heads, sh.kv_heads, sh.head_dim)
-        out = self.engine.update_weights_from_tensor(named_tensors=tensors)
-        ok, msg = (out[0], out[1]) if isinstance(out, (tuple, list)) else (getattr(out, "success", True), str(out))
-        if not ok:
-            raise RuntimeError(f"update_weights_from_tensor refused the local q/k biases: {msg}")
-        self.res.backend_info(
-            self.spec.name,
-            weights={
-                "kind": "local",
-                "q_k_bias_amplitude": DEFAULT_AMPLITUDE,
-                "zeroed_high_frequency_pairs": DEFAULT_SKIP_HIGH_PAIRS,
-                "tensors": len(tensors),
-            },
+        The recipe follows the model directory's ``config.json`` ``model_type`` (q/k biases for Qwen2, embedding +
+        q/k projections + q/k norms for Qwen3); tensors go in batches of <= 1 GiB of transient GPU copies.
+        """
+        import json
+
+        from .local_weights import local_attention_tensors, local_recipe, update_batches
+
+        model_path = self.res.backend_info(self.spec.name, save=False).get("model_path") or getattr(
+            getattr(self.engine, "server_args", None), "model_path", None
         )
-        self.log(f"local q/k biases set on {sh.layers} layers ({msg})")
+        if not model_path:
+            raise RuntimeError("local weights: no model_path recorded for this backend")
+        with open(Path(model_path) / "config.json") as f:
+            config = json.load(f)
+        recipe = local_recipe(config)
+        tensors = local_attention_tensors(config)
+        batches = list(update_batches(tensors))
+        msg = ""
+        for i, batch in enumerate(batches):
+            out = self.engine.update_weights_from_tensor(named_tensors=batch, flush_cache=i == len(batches) - 1)
+            ok, msg = (out[0], out[1]) if isinstance(out, (tuple, list)) else (getattr(out, "success", True), str(out))
+            if not ok:
+                raise RuntimeError(f"update_weights_from_tensor refused the {recipe['recipe']} local weights: {msg}")
+        self.res.backend_info(
+            self.spec.name, weights={"kind": "local", **recipe, "tensors": len(tensors), "updates": len(batches)}
+        )
+        self.log(f"local weights ({recipe['recipe']}) set on {self.shape.layers} layers ({msg})")
 
     def check(self) -> bool:
         n = max(self.opts.check_tokens, self.spec.min_prompt_tokens)
