@@ -104,7 +104,7 @@ def quantise_case(case: Case, dtype: torch.dtype) -> Case:
     ks, vs = FP8_SCALES
     k8 = (case.k_pool.float() / ks).to(dtype)
     v8 = (case.v_pool.float() / vs).to(dtype)
-    kd, vd = (k8.float() * ks).to(DTYPE), (v8.float() * vs).to(DTYPE)
+    kd, vd = k8.float() * ks, v8.float() * vs  # fp32: a bf16 oracle input would round the dequantised values (GPU)
     k_seq, v_seq = [], []
     for r in range(len(case.spans)):
         slots = case.req_to_token[case.req_pool_indices[r], : case.spans[r].seq_len].long()
