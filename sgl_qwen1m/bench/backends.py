@@ -8,8 +8,8 @@ name                       ``--attention-backend``    model directory           
 ``qwen1m-dense``           ``qwen1m``                 1M shape, ``sparse_attention_enabled``  yes
                                                       false, no budgets file
 ``qwen1m-sparse``          ``qwen1m``                 1M shape with the sparse budgets        yes
-``*-local``                as without the suffix      same, weights set by :mod:`.local_weights`  as
-                                                      after start (recipe per model family)
+``*-local``                as without the suffix      same, :mod:`.local_weights` recipe      as
+                                                      per family, set after start
 =========================  =========================  ======================================  =======
 
 [1] SGLang's in-tree DCA backend needs FA3 (``flash_ops``) for decode and for dense prefill (chunks at or under
