@@ -193,6 +193,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("json", nargs="+", help="results files; with several, a row of an earlier file wins on ties")
     p.add_argument("--out", default="", help="PNG path (default: beside the first JSON)")
     p.add_argument("--peak-tflops", type=float, default=800.0)
+    p.add_argument("--kind", choices=["ttft", "runs"], default="ttft",
+                   help="ttft: TTFT vs length per backend; runs: peak memory / TTFT / decode per model and KV dtype")
+    p.add_argument("--gpu-gib", type=float, default=0.0, help="runs: draw the GPU's memory as a line (0 = none)")
     p.set_defaults(handler=_run_plot)
 
     _plan_arguments(sub.add_parser("plan", help=_PLAN_HELP))
@@ -326,11 +329,15 @@ def _run_reliability(ns: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _run_plot(ns: argparse.Namespace, argv: list[str]) -> int:
-    from .plot import plot_ttft
+    from .plot import plot_runs, plot_ttft
     from .results import Results, merge_rows
 
     out = Path(ns.out) if ns.out else Path(ns.json[0]).with_suffix(".png")
-    path = plot_ttft(merge_rows([Results.load(j) for j in ns.json]), out, ns.peak_tflops)
+    data = merge_rows([Results.load(j) for j in ns.json])
+    if ns.kind == "runs":
+        path = plot_runs(data, out, ns.gpu_gib or None)
+    else:
+        path = plot_ttft(data, out, ns.peak_tflops)
     print(f"{path} ({path.stat().st_size // 1024} KB)")
     return 0
 

@@ -12,7 +12,7 @@ from typing import Any, Optional
 from sgl_qwen1m.sizing import QWEN25_7B, ModelShape, prefill_floor_s
 from .results import backends_in
 
-__all__ = ["plot_ttft", "try_plot"]
+__all__ = ["plot_runs", "plot_ttft", "try_plot"]
 
 _STYLE = {
     "flashinfer": ("tab:blue", "o"),
@@ -112,6 +112,61 @@ def plot_ttft(
     ax.set_title(f"Prefill TTFT, {shape.layers}-layer Qwen2 shape, batch 1" + (f" ({gpu})" if gpu else ""), fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def plot_runs(data: dict[str, Any], out_png: Path, gpu_gib: Optional[float] = None) -> Path:
+    """One bar per (model, kv_dtype, prompt length): measured peak memory, labelled with the TTFT and decode step,
+    with each run's ``mem_budget_gib`` and the GPU's memory as lines (runs of different models side by side)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in data.get("rows", []) if r.get("value") is not None]
+    runs: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for r in rows:
+        if r["metric"] in ("peak_mem_gib", "ttft_s", "decode_step_ms", "mem_budget_gib") and r["prompt_tokens"]:
+            key = (str(r.get("model", "?")), str(r.get("kv_dtype", "?")), int(r["prompt_tokens"]))
+            runs.setdefault(key, {})[r["metric"]] = r["value"]
+            if r.get("mem_budget_gib"):
+                runs[key]["budget"] = r["mem_budget_gib"]
+    keys = [k for k in sorted(runs) if "peak_mem_gib" in runs[k]]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    for i, k in enumerate(keys):
+        run = runs[k]
+        color = "tab:purple" if k[1].startswith("fp8") else "tab:gray"
+        ax.bar(i, run["peak_mem_gib"], color=color, width=0.7)
+        text = f"{run['peak_mem_gib']:.0f} GiB"
+        if "ttft_s" in run:
+            text += f"\nTTFT {run['ttft_s']:.0f} s"
+        if "decode_step_ms" in run:
+            text += f"\n{run['decode_step_ms']:.1f} ms/tok"
+        ax.text(i, max(run["peak_mem_gib"], run.get("budget") or 0) + 1, text, ha="center", va="bottom", fontsize=6)
+        if run.get("budget"):
+            ax.hlines(run["budget"], i - 0.45, i + 0.45, colors="tab:red", linestyles="--", lw=1.5)
+            ax.text(i, run["budget"] - 1, f"budget\n{run['budget']:g} GiB", fontsize=6, color="white", ha="center",
+                    va="top")
+    if gpu_gib:
+        ax.axhline(gpu_gib, color="0.3", lw=1, ls=":")
+        ax.text(len(keys) - 0.5, gpu_gib, f"GPU {gpu_gib:g} GiB", fontsize=6, ha="right", va="bottom")
+    def short(model: str) -> str:
+        return model.replace("qwen2.5-", "Qwen2.5-").replace("-instruct-2507-1m", "").replace("qwen3-", "Qwen3-")
+
+    def tokens(n: int) -> str:
+        return f"{n / 1e6:g}M" if n % 100_000 == 0 else _tokens_label(n)
+
+    ax.set_xticks(range(len(keys)), [f"{short(m)}\n{kv}\n{tokens(n)}" for m, kv, n in keys], fontsize=6)
+    ax.set_ylabel("peak device memory (GiB, nvidia-smi)")
+    ax.set_ylim(0, max([gpu_gib or 0] + [runs[k]["peak_mem_gib"] for k in keys]) * 1.25)
+    gpu = str(data.get("gpu", "")).split(",")[0]
+    ax.set_title("One request per run: peak memory, TTFT, decode step" + (f" ({gpu})" if gpu else ""), fontsize=9)
+    ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)

@@ -101,9 +101,10 @@ def collect_versions(with_torch_cuda: bool = True) -> dict[str, Optional[str]]:
 
 
 def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
-    """``(metric, backend, prompt_tokens)``, with ``case`` appended for rows that name one."""
+    """``(metric, backend, prompt_tokens)``, with ``case``, ``model`` and ``kv_dtype`` appended for rows that name
+    them (the same backend on two models or two KV dtypes gives two rows)."""
     key = (row.get("metric"), row.get("backend"), row.get("prompt_tokens"))
-    return key + (row["case"],) if "case" in row else key
+    return key + tuple((f, row[f]) for f in ("case", "model", "kv_dtype") if f in row)
 
 
 def validate(data: Any) -> list[str]:
