@@ -241,8 +241,6 @@ def _plan_one(
     chosen, plan, overhead, peak, fits = s.mfs, s.plan, s.overhead_gib, s.peak_gib, s.fits
     headroom = gpu - peak
     warnings = []
-    if kv_dtype == "fp8":
-        warnings.append("qwen1m's FP8 KV cache awaits GPU verification (launch needs QWEN1M_ALLOW_UNVERIFIED_FP8_KV=1)")
     if fits and chosen > 0.80:
         warnings.append(f"mem_fraction_static {chosen:.2f} is above the largest value we measured (0.80)")
     head = (
@@ -309,10 +307,6 @@ def engine_kwargs_for(
     )
     if not advice.fits and "mem_fraction_static" not in overrides:
         raise ValueError("the memory plan does not fit:\n" + advice.explanation)
-    if kv_dtype == "fp8":
-        from .validation import check_fp8_kv_allowed
-
-        check_fp8_kv_allowed("fp8_e4m3")  # ConfigError (a ValueError) unless QWEN1M_ALLOW_UNVERIFIED_FP8_KV=1
     kw = {"model_path": str(model_path), **advice.engine_kwargs()}
     kw.update(overrides)
     return kw

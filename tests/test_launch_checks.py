@@ -134,13 +134,9 @@ def test_rule_pipeline_parallelism_rejected(launch, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ["fp8_e4m3", "fp8_e5m2"])
-def test_rule_kv_cache_dtype_fp8_rejected(launch, tmp_path, dtype, monkeypatch):
+def test_rule_kv_cache_dtype_fp8_accepted(launch, tmp_path, dtype, monkeypatch):
     monkeypatch.delenv("QWEN1M_ALLOW_UNVERIFIED_FP8_KV", raising=False)
-    message = _error(launch, _model(tmp_path), "--kv-cache-dtype", dtype)
-    assert f"--kv-cache-dtype {dtype}" in message and "awaits GPU verification" in message
-    assert "QWEN1M_ALLOW_UNVERIFIED_FP8_KV=1" in message and "--kv-cache-dtype auto" in message
-    monkeypatch.setenv("QWEN1M_ALLOW_UNVERIFIED_FP8_KV", "1")
-    assert launch(_model(tmp_path / "ok"), "--kv-cache-dtype", dtype).kv_cache_dtype == dtype
+    assert launch(_model(tmp_path), "--kv-cache-dtype", dtype).kv_cache_dtype == dtype
 
 
 def test_rule_kv_cache_bf16_and_auto_accepted(launch, tmp_path):

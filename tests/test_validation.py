@@ -128,26 +128,17 @@ def test_pipeline_parallelism_is_rejected():
 
 
 @pytest.mark.parametrize("dtype", ["mxfp8", "nvfp4", "fp4_e2m1"])
-def test_other_quantised_kv_caches_are_rejected(dtype, monkeypatch):
-    monkeypatch.setenv("QWEN1M_ALLOW_UNVERIFIED_FP8_KV", "1")  # the opt-in covers per-tensor FP8 only
-    with pytest.raises(ConfigError, match=rf"--kv-cache-dtype {dtype} is not supported .*--kv-cache-dtype auto"):
+def test_other_quantised_kv_caches_are_rejected(dtype):
+    with pytest.raises(ConfigError, match=rf"--kv-cache-dtype {dtype} is not supported .*fp8_e4m3.*--kv-cache-dtype auto"):
         check_launch(HF, kv_cache_dtype=dtype)
 
 
 @pytest.mark.parametrize("dtype", ["fp8_e4m3", "fp8_e5m2"])
-def test_fp8_kv_cache_needs_the_unverified_opt_in(dtype, monkeypatch):
-    """Implemented but not GPU-verified: rejected by default with a message that says so and names the opt-in
-    (README, "Bad input"); ``QWEN1M_ALLOW_UNVERIFIED_FP8_KV=1`` lets it through with a warning."""
+def test_fp8_kv_cache_is_accepted(dtype, monkeypatch):
+    """GPU-verified on the H200 (kernel tests against the fp32 oracle, passkey, 1M runs): accepted without an opt-in;
+    the old opt-in variable changes nothing."""
     monkeypatch.delenv("QWEN1M_ALLOW_UNVERIFIED_FP8_KV", raising=False)
-    with pytest.raises(ConfigError, match=rf"--kv-cache-dtype {dtype} .* is implemented .* awaits GPU verification"
-                                          r".*QWEN1M_ALLOW_UNVERIFIED_FP8_KV=1.*--kv-cache-dtype auto"):
-        check_launch(HF, kv_cache_dtype=dtype)
-    monkeypatch.setenv("QWEN1M_ALLOW_UNVERIFIED_FP8_KV", "0")
-    with pytest.raises(ConfigError, match="awaits GPU verification"):
-        check_launch(HF, kv_cache_dtype=dtype)
-    monkeypatch.setenv("QWEN1M_ALLOW_UNVERIFIED_FP8_KV", "1")
-    warnings = check_launch(HF, kv_cache_dtype=dtype)
-    assert any("not GPU-verified" in w and dtype in w for w in warnings), warnings
+    assert check_launch(HF, kv_cache_dtype=dtype) == check_launch(HF, kv_cache_dtype="auto")
 
 
 def test_float32_model_with_auto_kv_dtype_is_rejected():
