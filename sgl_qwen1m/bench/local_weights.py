@@ -147,14 +147,7 @@ def structured_embedding(
 
 
 def qwen3_local_tensors(
-    num_layers: int,
-    hidden: int,
-    num_heads: int,
-    num_kv_heads: int,
-    head_dim: int,
-    vocab: int,
-    amplitude: float = DEFAULT_AMPLITUDE,
-    skip_high_pairs: int = DEFAULT_SKIP_HIGH_PAIRS,
+    shape: ModelShape, amplitude: float = DEFAULT_AMPLITUDE, skip_high_pairs: int = DEFAULT_SKIP_HIGH_PAIRS,
     dtype: torch.dtype = torch.bfloat16,
 ) -> list[tuple[str, torch.Tensor]]:
     """``qwen3-embed-proj-norm``: HF-named pairs (CPU, ``dtype``) for a Qwen3 / Qwen3-MoE checkpoint layout.
@@ -163,15 +156,16 @@ def qwen3_local_tensors(
     ``k_proj.weight [kv_heads*D, hidden]``, ``q_norm.weight [D]``, ``k_norm.weight [D]``. Layers share the same
     tensor objects (their values are equal), so the serializer sends each once.
     """
-    _check_heads(num_layers, num_heads, num_kv_heads)
+    num_layers, hidden, head_dim = shape.layers, shape.hidden, shape.head_dim
+    _check_heads(num_layers, shape.heads, shape.kv_heads)
     v = local_bias_vector(head_dim, amplitude, skip_high_pairs).to(dtype)
     ln = torch.zeros(hidden, dtype=dtype)
     ln[0] = 1.0
-    q_w = torch.zeros(num_heads * head_dim, hidden, dtype=dtype)
+    q_w = torch.zeros(shape.heads * head_dim, hidden, dtype=dtype)
     q_w[:, 0] = 1.0
-    k_w = torch.zeros(num_kv_heads * head_dim, hidden, dtype=dtype)
+    k_w = torch.zeros(shape.kv_heads * head_dim, hidden, dtype=dtype)
     k_w[:, 0] = 1.0
-    emb = structured_embedding(vocab, hidden, dtype=dtype)
+    emb = structured_embedding(shape.vocab, hidden, dtype=dtype)
     out: list[tuple[str, torch.Tensor]] = [("model.embed_tokens.weight", emb)]
     for i in range(num_layers):
         pre = f"model.layers.{i}"
@@ -217,9 +211,7 @@ def local_attention_tensors(
     sh = ModelShape.from_config(config)
     if recipe == "qwen2-bias":
         return local_attention_biases(sh.layers, sh.heads, sh.kv_heads, sh.head_dim, amplitude, skip_high_pairs)
-    return qwen3_local_tensors(
-        sh.layers, sh.hidden, sh.heads, sh.kv_heads, sh.head_dim, sh.vocab, amplitude, skip_high_pairs
-    )
+    return qwen3_local_tensors(sh, amplitude, skip_high_pairs)
 
 
 def update_batches(

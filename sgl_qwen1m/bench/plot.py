@@ -108,10 +108,17 @@ def plot_ttft(
     ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: f"{y:g}" if str(f"{y:g}")[0] in "25" else ""))
     ax.set_xlabel("prompt tokens")
     ax.set_ylabel("time to first token (s)")
-    gpu = str(data.get("gpu", "")).split(",")[0]
-    ax.set_title(f"Prefill TTFT, {shape.layers}-layer Qwen2 shape, batch 1" + (f" ({gpu})" if gpu else ""), fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
+    return _finish(fig, ax, data, f"Prefill TTFT, {shape.layers}-layer Qwen2 shape, batch 1", out_png)
+
+
+def _finish(fig: Any, ax: Any, data: dict[str, Any], title: str, out_png: Path) -> Path:
+    """Title (with the results' GPU), tight layout, save as PNG at 100 dpi, close; return the path."""
+    import matplotlib.pyplot as plt
+
+    gpu = str(data.get("gpu", "")).split(",")[0]
+    ax.set_title(title + (f" ({gpu})" if gpu else ""), fontsize=9)
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
@@ -164,15 +171,8 @@ def plot_runs(data: dict[str, Any], out_png: Path, gpu_gib: Optional[float] = No
     ax.set_xticks(range(len(keys)), [f"{short(m)}\n{kv}\n{tokens(n)}" for m, kv, n in keys], fontsize=6)
     ax.set_ylabel("peak device memory (GiB, nvidia-smi)")
     ax.set_ylim(0, max([gpu_gib or 0] + [runs[k]["peak_mem_gib"] for k in keys]) * 1.25)
-    gpu = str(data.get("gpu", "")).split(",")[0]
-    ax.set_title("One request per run: peak memory, TTFT, decode step" + (f" ({gpu})" if gpu else ""), fontsize=9)
     ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
+    return _finish(fig, ax, data, "One request per run: peak memory, TTFT, decode step", out_png)
 
 
 def try_plot(data: dict[str, Any], out_png: Path, peak_tflops: float = 800.0) -> Optional[Path]:
