@@ -637,3 +637,12 @@ def test_decode_timing_at_several_lengths_or_none() -> None:
     parse = lambda *a: bench_cli.e2e_options(cli.build_parser().parse_args(["bench", "e2e", *a]))  # noqa: E731
     assert parse("--decode-at", "256K,1000000").decode_at == [262144, 1000000]
     assert parse("--decode-at", "0").decode_at == []
+
+
+def test_every_committed_results_file_follows_the_schema():
+    """Every JSON under benchmarks/results/ validates (training-argument dumps are not results files)."""
+    root = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    files = [f for f in sorted(root.rglob("*.json")) if not f.name.endswith(".training_args.json")]
+    assert len(files) > 30
+    bad = {f.relative_to(root).as_posix(): results.validate(json.loads(f.read_text())) for f in files}
+    assert not {k: v for k, v in bad.items() if v}

@@ -101,10 +101,13 @@ def collect_versions(with_torch_cuda: bool = True) -> dict[str, Optional[str]]:
 
 
 def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
-    """``(metric, backend, prompt_tokens)``, with ``case``, ``model`` and ``kv_dtype`` appended for rows that name
-    them (the same backend on two models or two KV dtypes gives two rows)."""
+    """``(metric, backend, prompt_tokens)``, with each of :data:`KEY_FIELDS` a row names appended (the same backend
+    on two models, KV dtypes, tasks or code variants gives two rows)."""
     key = (row.get("metric"), row.get("backend"), row.get("prompt_tokens"))
-    return key + tuple((f, row[f]) for f in ("case", "model", "kv_dtype") if f in row)
+    return key + tuple((f, row[f]) for f in KEY_FIELDS if f in row)
+
+
+KEY_FIELDS = ("case", "model", "kv_dtype", "task", "variant")
 
 
 def validate(data: Any) -> list[str]:
