@@ -6,9 +6,7 @@ The last group tests the checker itself on deliberately broken copies of upstrea
 
 from __future__ import annotations
 
-import importlib
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,13 +19,6 @@ MODELS = sorted(p for p in (ROOT / "benchmarks" / "models").iterdir() if (p / "c
 DCA_MODELS = next(r.value for r in compat.DIFFERENCES if r.name == "dca_models")
 UNIMPLEMENTED = next(r.value for r in compat.DIFFERENCES if r.name == "backend_unimplemented")
 KNOWN_CALL_SITE_GAPS: dict[str, str] = {}  # model -> issue, for a DCA-wired model whose RoPE call we cannot take yet
-
-
-@pytest.fixture(scope="module")
-def sglang():
-    if (Path(sys.prefix) / "sgl_qwen1m-expects-sglang").exists():
-        return importlib.import_module("sglang")  # a setup-cpu.sh venv must have it: fail loudly
-    return pytest.importorskip("sglang")
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +82,40 @@ def test_hook_targets_exist_with_the_signature_we_wrap(root):
             assert compat.dotted_exists(target), target
             relpath, qualname = conformance.split_target(target)
             assert conformance.function_params(root, relpath, qualname) == list(wrapped), target
+
+
+@pytest.mark.sglang
+def test_scheduler_hook_targets_keep_the_signatures_we_wrap(root):
+    from sgl_qwen1m.adapter import scheduler_hook
+
+    row = compat.pick("scheduler_hook")
+    assert row is not None and row.value, f"{compat.SCHEDULER_HOOK_UNAVAILABLE} ({compat.installed_version()})"
+    assert compat.scheduler_hook_plan(), "no req_prefix_len row for this SGLang"
+    for _kind, target, wrapped, fn in row.value:
+        relpath, qualname = conformance.split_target(target)
+        assert conformance.function_params(root, relpath, qualname) == list(wrapped), target
+        assert callable(getattr(scheduler_hook, fn)), fn
+
+
+@pytest.mark.sglang
+def test_scheduler_hook_reads_only_names_upstream_still_has(root):
+    from sgl_qwen1m.adapter import scheduler_hook
+
+    reads = dict(scheduler_hook.UPSTREAM_NAMES)
+    _how, attr = compat.pick("req_prefix_len").value
+    reads[("srt/managers/schedule_batch.py", "Req")] += (attr,)
+    for (relpath, cls), names in reads.items():
+        have = conformance.class_names(root, relpath, cls)
+        assert have is not None, f"{relpath}: class {cls} is gone"
+        assert [n for n in names if n not in have] == [], f"{relpath}: {cls} no longer has these"
+
+
+def test_class_names_sees_methods_fields_and_self_assignments(tmp_path):
+    (tmp_path / "a.py").write_text("class A:\n    x: int = 0\n    y = 1\n    def f(self):\n"
+                                   "        self.z, self.w = 1, 2\n        other.v = 3\n")
+    assert conformance.class_names(tmp_path, "a.py", "A") == {"x", "y", "f", "z", "w"}
+    assert conformance.class_names(tmp_path, "a.py", "B") is None
+    assert conformance.class_names(tmp_path, "b.py", "A") is None
 
 
 @pytest.mark.sglang

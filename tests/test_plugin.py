@@ -14,7 +14,6 @@ not touch the GPU. SGLang tests skip when SGLang is not importable, except in a 
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -63,17 +62,6 @@ QWEN25_7B_1M_CONFIG = {
 
 # SGLang's own guard (0.5.17 overrides.py:2271-2274) or, where it is gone (0.5.20+), ours (hooks.py)
 DCA_BACKEND_ERROR = "Dual chunk attention is enabled|dual_chunk_attention_config, which only the 'qwen1m'"
-
-
-def _sglang_expected() -> bool:
-    return (Path(sys.prefix) / "sgl_qwen1m-expects-sglang").exists()
-
-
-@pytest.fixture(scope="module")
-def sglang():
-    if _sglang_expected():
-        return importlib.import_module("sglang")  # a setup-cpu.sh venv must have it: fail loudly
-    return pytest.importorskip("sglang")
 
 
 def _model_dir(root: Path, name: str, dca: bool) -> str:

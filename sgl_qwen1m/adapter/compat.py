@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 # SGLang version -> how it is verified. plugin.SUPPORTED_SGLANG is built from this.
 VERIFIED = {"0.5.17": "GPU + CPU", "0.5.23": "CPU"}
@@ -59,6 +59,22 @@ DIFFERENCES: tuple[Difference, ...] = (
                ("hook_registry.AROUND",
                 "sglang.srt.configs.model_config.ModelConfig._verify_dual_chunk_attention_config", ("self",)),
                "SGLang json.loads sparse_attention_config.json bare; hooks.sparse_file_json_around names the file"),
+    # The chunked-prefill scheduler (QWEN1M_SCHEDULER=1, adapter/scheduler_hook.py): one scheduling pass, and the two
+    # PrefillAdder methods that size each request's prefill in it; (kind, target, wrapped parameters, our function).
+    # The same targets and signatures in 0.5.17 and 0.5.23, both driven on CPU by tests/test_scheduler_hook.py.
+    Difference("scheduler_hook", ">=0.5.17", "srt/managers/scheduler.py, srt/managers/schedule_policy.py", (
+        ("hook_registry.AROUND", "sglang.srt.managers.scheduler.Scheduler._get_new_batch_prefill_raw",
+         ("self", "prefill_delayer_single_pass", "running_batch"), "scheduler_pass_around"),
+        ("hook_registry.AROUND", "sglang.srt.managers.schedule_policy.PrefillAdder.add_chunked_req",
+         ("self", "req"), "add_chunked_req_around"),
+        ("hook_registry.AROUND", "sglang.srt.managers.schedule_policy.PrefillAdder.add_one_req",
+         ("self", "req", "has_chunked_req", "truncation_align_size"), "add_one_req_around"),
+    ), "0.5.23 also has Scheduler.get_prefill_adder_class (returns PrefillAdder): the method hooks cover it"),
+    # A request's cached prefix (tokens SGLang will not prefill again): what the scheduler hook plans from.
+    Difference("req_prefix_len", OLD, "srt/managers/schedule_batch.py", ("len", "prefix_indices"),
+               "Req.prefix_indices: the KV indices of the cached prefix (a tensor)"),
+    Difference("req_prefix_len", NEW, "srt/managers/schedule_batch.py", ("int", "prefix_len"),
+               "Req.prefix_len: an int (prefix_indices is gone)"),
     # How launch_server turns argv into resolved arguments (tests and tools read them the same way).
     Difference("resolved_args", OLD, "srt/server_args.py", None,
                "prepare_server_args(argv) resolves in ServerArgs.__post_init__; fields hold the result"),
@@ -157,16 +173,43 @@ def hook_plan(version: Optional[str] = None) -> list[tuple[str, str, str]]:
     return plan
 
 
+SCHEDULER_HOOK_UNAVAILABLE = "scheduler hook: not available on this version"
+
+
+def scheduler_hook_plan(version: Optional[str] = None) -> list[tuple[str, str, str]]:
+    """[(kind, target, scheduler_hook function name)] of the scheduler hook for ``version``; [] where it is not
+    available (``SCHEDULER_HOOK_UNAVAILABLE``): the plugin then keeps SGLang's own scheduling."""
+    row, prefix = pick("scheduler_hook", version), pick("req_prefix_len", version)
+    if row is None or row.value is None or prefix is None:
+        return []
+    return [(kind, target, fn) for kind, target, _params, fn in row.value]
+
+
+def req_prefix_len(version: Optional[str] = None) -> Callable[[Any], int]:
+    """``req -> tokens of its cached prefix`` in this SGLang (row ``req_prefix_len``)."""
+    how, attr = pick("req_prefix_len", version).value
+    if how == "len":
+        return lambda req: len(getattr(req, attr))
+    return lambda req: int(getattr(req, attr))
+
+
+def resolved_view(server_args: Any) -> Any:
+    """Resolved values of a ``ServerArgs`` (0.5.20+: they live in declarations, read through ``resolving_view``)."""
+    row = pick("resolved_args")
+    if row is None or row.value is None:
+        return server_args
+    return resolve(row.value)(server_args)
+
+
 def resolved_server_args(argv: list[str]) -> Any:
     """``argv`` -> resolved arguments, as ``python -m sglang.launch_server`` resolves them (plugins must be loaded)."""
     from sglang.srt.server_args import prepare_server_args
 
     args = prepare_server_args(argv)
     row = pick("resolved_args")
-    if row is None or row.value is None:
-        return args
-    args.resolve_once()
-    return resolve(row.value)(args)
+    if row is not None and row.value is not None:
+        args.resolve_once()
+    return resolved_view(args)
 
 
 def model_config(server_args: Any) -> Any:

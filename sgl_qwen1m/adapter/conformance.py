@@ -149,6 +149,24 @@ def function_params(root: Path, relpath: str, qualname: str) -> Optional[list[st
     return None if fn is None else params(fn)["positional"]
 
 
+def class_names(root: Path, relpath: str, cls_name: str) -> Optional[set[str]]:
+    """Names class ``cls_name`` of ``root/relpath`` defines: methods, class-level fields and every ``self.<name>``
+    it assigns; None if the file or the class is absent."""
+    path = root / relpath
+    cls = _class(ast.parse(path.read_text()), cls_name) if path.exists() else None
+    if cls is None:
+        return None
+    names = set(_methods(cls))
+    for node in cls.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    names.update(n.attr for n in ast.walk(cls) if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store)
+                 and isinstance(n.value, ast.Name) and n.value.id == "self")
+    return names
+
+
 def split_target(dotted: str) -> tuple[str, str]:
     """``sglang.srt.server_args.ServerArgs.f`` -> (``srt/server_args.py``, ``ServerArgs.f``): longest module prefix."""
     parts = dotted.split(".")

@@ -80,7 +80,8 @@ def attention_compat_after(result: Any, server_args: Any, *args, **kwargs) -> No
     Upstream: ``sglang.srt.server_args.ServerArgs._handle_attention_backend_compatibility`` (SGLang 0.5.17,
     server_args.py:5729-5839, called by ``__post_init__`` at 3537, before ``materialize_declarations`` at 3638).
     Prefill CUDA graphs off (BCG/tc_piecewise size the output as ``empty_like(q)``, 5x too wide with DCA's q:
-    radix_attention.py:203-219, 381-382); mixed chunk off; radix cache left as configured (no scaled keys stored).
+    radix_attention.py:203-219, 381-382); mixed chunk off unless the scheduler is on (``mixed_chunk_for_qwen1m``);
+    radix cache left as configured (no scaled keys stored).
     """
     from sglang.srt.arg_groups.overrides import resolved_view
     from sglang.srt.model_executor.cuda_graph_config import Backend
@@ -94,9 +95,7 @@ def attention_compat_after(result: Any, server_args: Any, *args, **kwargs) -> No
         if graphs.backend != Backend.DISABLED:
             _log_prefill_graphs_off(graphs.backend)
             graphs.backend = Backend.DISABLED
-        if server_args.enable_mixed_chunk:
-            _log_mixed_chunk_off()
-        server_args.enable_mixed_chunk = False
+        server_args.enable_mixed_chunk = mixed_chunk_for_qwen1m(server_args.enable_mixed_chunk)
 
 
 def _log_prefill_graphs_off(backend: Any) -> None:
@@ -104,9 +103,34 @@ def _log_prefill_graphs_off(backend: Any) -> None:
                 "(DCA's query is 5x wider than the graph's output buffer); decode graphs stay on", backend)
 
 
-def _log_mixed_chunk_off() -> None:
-    logger.warning("sgl_qwen1m: --enable-mixed-chunk -> off for the qwen1m backend (it plans prefill and decode "
-                   "batches separately; mixed batches are not implemented)")
+def mixed_chunk_for_qwen1m(requested: bool, version: Optional[str] = None) -> bool:
+    """``--enable-mixed-chunk`` of a qwen1m server: on when the chunked-prefill scheduler is on (``QWEN1M_SCHEDULER=1``
+    and this SGLang has its hook: its decode rows ride along prefill steps), otherwise off as before (logged when
+    asked for). Reads and validates the scheduler's settings, so a bad value stops the launch here (ValueError)."""
+    from sgl_qwen1m.adapter import compat
+    from sgl_qwen1m.scheduler.serving import SCHEDULER_ENV, SchedulerSettings
+
+    if SchedulerSettings.from_env().enabled:
+        version = version or compat.installed_version()
+        if compat.scheduler_hook_plan(version):
+            if not requested:
+                logger.info("sgl_qwen1m: --enable-mixed-chunk -> on for the qwen1m scheduler (%s=1): decode rows "
+                            "ride along its prefill steps", SCHEDULER_ENV)
+            return True
+        log_scheduler_unavailable(version)
+    if requested:
+        logger.warning("sgl_qwen1m: --enable-mixed-chunk -> off for the qwen1m backend (mixed batches run only with "
+                       "the qwen1m scheduler, %s=1)", SCHEDULER_ENV)
+    return False
+
+
+def log_scheduler_unavailable(version: str, missing: tuple = ()) -> None:
+    """``QWEN1M_SCHEDULER=1`` on an SGLang where the scheduler hook cannot go (``compat.scheduler_hook_plan``)."""
+    from sgl_qwen1m.adapter import compat
+    from sgl_qwen1m.scheduler.serving import SCHEDULER_ENV
+
+    logger.warning("sgl_qwen1m: %s=1 but %s (SGLang %s%s); SGLang's own scheduling is kept", SCHEDULER_ENV,
+                   compat.SCHEDULER_HOOK_UNAVAILABLE, version, f"; missing: {list(missing)}" if missing else "")
 
 
 def _sparse_file_of(model_path: str, revision: Optional[str] = None) -> Optional[str]:
@@ -145,7 +169,8 @@ def check_launch_config(model_config: Any, view: Any) -> None:
         logger.warning("sgl_qwen1m: %s", message)
 
 
-def _qwen1m_server(server_args: Any) -> bool:
+def serves_qwen1m(server_args: Any) -> bool:
+    """The plugin's guard: qwen1m is named as the attention, prefill or decode backend."""
     names = (getattr(server_args, f, None) for f in ("attention_backend", "prefill_attention_backend",
                                                       "decode_attention_backend"))
     return QWEN1M in names
@@ -171,7 +196,7 @@ def validate_request_around(original, self, obj, input_ids, *args, **kwargs):
     to SGLang (their ids are rewritten by the processor). The check runs before SGLang's length check, so with
     ``--allow-auto-truncate`` an out-of-range id past the truncation point is rejected too.
     """
-    if _qwen1m_server(self.server_args):
+    if serves_qwen1m(self.server_args):
         check_sampling_params(getattr(obj, "sampling_params", None))
         if input_ids is not None and not _has_mm_input(obj):
             check_token_ids(input_ids, self.model_config.vocab_size)
@@ -245,8 +270,8 @@ def attention_resolution_hook(server_args: Any, previous) -> None:
     if graphs.prefill.backend != Backend.DISABLED:
         _log_prefill_graphs_off(graphs.prefill.backend)
         decided["cuda_graph_config"] = with_phase(graphs, Phase.PREFILL, backend=Backend.DISABLED)
-    if view.enable_mixed_chunk:
-        _log_mixed_chunk_off()
-        decided["enable_mixed_chunk"] = False
+    mixed = mixed_chunk_for_qwen1m(bool(view.enable_mixed_chunk))
+    if mixed != bool(view.enable_mixed_chunk):
+        decided["enable_mixed_chunk"] = mixed
     if decided:
         declare_resolution(server_args, source, **decided)

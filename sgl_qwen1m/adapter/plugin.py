@@ -10,8 +10,10 @@ each scheduler), then ``HookRegistry.apply_hooks()``. ``register()`` is therefor
 CUDA and imports the backend (and with it FlashInfer) only when SGLang's model runner builds it. It uses only
 SGLang's documented extension points: ``add_attention_backend_choices``, ``register_attention_backend`` and
 ``HookRegistry`` (four hooks, each registered only if its target exists in the installed SGLang, logged otherwise:
-the DCA guard, the ServerArgs launch checks, the token-id check, the sparse-file JSON error). Call ``sglang.srt.plugins.load_plugins()`` rather than ``register()`` when building ``ServerArgs``
-yourself (e.g. before ``sgl.Runtime``): that also applies the hooks.
+the DCA guard, the ServerArgs launch checks, the token-id check, the sparse-file JSON error; with
+``QWEN1M_SCHEDULER=1`` also the three of the chunked-prefill scheduler, ``adapter/scheduler_hook.py``). Call
+``sglang.srt.plugins.load_plugins()`` rather than ``register()`` when building ``ServerArgs`` yourself (e.g. before
+``sgl.Runtime``): that also applies the hooks.
 
 Note that ``load_plugins()`` only *logs* exceptions raised here; a failed registration then shows up as
 ``invalid choice: 'qwen1m'``. Look for ``sgl_qwen1m`` in the log.
@@ -115,6 +117,32 @@ _IF_MISSING = {  # what a user loses when a hook target is absent (logged as a w
 }
 
 
+def _register_scheduler_hooks(version: str) -> None:
+    """The chunked-prefill scheduler's hooks, only with ``QWEN1M_SCHEDULER=1`` (unset or 0: SGLang's scheduling code is
+    not touched). All three targets or none. A bad setting registers nothing here: the launch check
+    (``hooks.mixed_chunk_for_qwen1m``) stops the launch with its message."""
+    from sgl_qwen1m.scheduler.serving import SchedulerSettings
+
+    try:
+        if not SchedulerSettings.from_env().enabled:
+            return
+    except ValueError:
+        return
+    plan = compat.scheduler_hook_plan(version)
+    missing = tuple(target for _, target, _ in plan if not compat.dotted_exists(target))
+    if not plan or missing:
+        from sgl_qwen1m.adapter.hooks import log_scheduler_unavailable
+
+        log_scheduler_unavailable(version, missing)
+        return
+    from sglang.srt.plugins.hook_registry import HookType
+
+    from sgl_qwen1m.adapter import scheduler_hook
+
+    for _kind, target, fn_name in plan:  # all AROUND
+        _register_hook(target, getattr(scheduler_hook, fn_name), HookType.AROUND)
+
+
 def register() -> None:
     """Entry point for the ``sglang.srt.plugins`` group. Safe to call more than once."""
     version = installed_sglang_version()
@@ -142,3 +170,4 @@ def register() -> None:
         else:
             hook_type = HookType.AROUND if kind.endswith("AROUND") else HookType.AFTER
             _register_hook(target, fn, hook_type, if_missing=_IF_MISSING.get(fn_name, ""))
+    _register_scheduler_hooks(version)

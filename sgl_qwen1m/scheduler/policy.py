@@ -23,6 +23,7 @@ model's error and for a step that finishes just after a token was due.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
@@ -30,9 +31,23 @@ from typing import Mapping, Optional, Sequence
 from .cost import CostModel, PrefillPiece, Step, StepWork
 from .profile import Profile
 
-__all__ = ["ITL_ENV", "PolicyConfig", "Waiting", "StepDecision", "StepPolicy"]
+__all__ = ["ITL_ENV", "ITL_RANGE_MS", "parse_itl_target_ms", "PolicyConfig", "Waiting", "StepDecision", "StepPolicy"]
 
 ITL_ENV = "QWEN1M_ITL_TARGET_MS"
+ITL_RANGE_MS = (10.0, 600_000.0)  # what the environment may set (a 10 ms goal is already below any 1M decode step)
+
+
+def parse_itl_target_ms(raw: str) -> float:
+    """``QWEN1M_ITL_TARGET_MS``'s text -> milliseconds; ValueError naming the value and the allowed range."""
+    lo, hi = ITL_RANGE_MS
+    allowed = f"allowed: {lo:g} to {hi:g} milliseconds, default {PolicyConfig.itl_target_ms:g}"
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{ITL_ENV}={raw!r} is not a number of milliseconds ({allowed})") from None
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise ValueError(f"{ITL_ENV}={raw!r} is out of range ({allowed})")
+    return value
 
 
 @dataclass(frozen=True)
@@ -73,10 +88,7 @@ class PolicyConfig:
         env = os.environ if env is None else env
         raw = env.get(ITL_ENV, "").strip()
         if raw:
-            try:
-                kw["itl_target_ms"] = float(raw)
-            except ValueError:
-                raise ValueError(f"{ITL_ENV}={raw!r} is not a number of milliseconds") from None
+            kw["itl_target_ms"] = parse_itl_target_ms(raw)
         return cls(**kw)  # type: ignore[arg-type]
 
 
