@@ -124,7 +124,17 @@ def _finish(fig: Any, ax: Any, data: dict[str, Any], title: str, out_png: Path) 
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
+    _palette(out_png)
     return out_png
+
+
+def _palette(png: Path, colors: int = 128) -> None:
+    """Rewrite ``png`` with a 128-colour palette (a third of the RGBA size; the tree has a size budget)."""
+    from PIL import Image  # matplotlib depends on Pillow
+
+    with Image.open(png) as im:
+        q = im.convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    q.save(png, optimize=True)
 
 
 def plot_runs(data: dict[str, Any], out_png: Path, gpu_gib: Optional[float] = None) -> Path:
