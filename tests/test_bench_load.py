@@ -112,3 +112,11 @@ def test_cli_parses_load_and_derives_the_committed_profile(tmp_path, capsys):
         main(["bench", "load", "--long-tokens", "1M"])  # --url is required
     with pytest.raises(SystemExit):
         main(["bench", "profile", "--out", str(out)])  # --url or --from-committed
+
+
+def test_local_weights_verb_parses():
+    from sgl_qwen1m import cli
+
+    ns = cli.build_parser().parse_args(["bench", "local-weights", "--url", "http://127.0.0.1:30000",
+                                        "--model-dir", "benchmarks/models/qwen2.5-7b-1m-shape", "--tp-size", "2"])
+    assert ns.tp_size == 2 and ns.handler.__name__ == "_run_local_weights"

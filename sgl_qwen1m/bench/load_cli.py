@@ -47,6 +47,12 @@ def register(sub: Any) -> None:
     ld.add_argument("--out", default="benchmarks/results/load/load.json")
     ld.set_defaults(handler=_run_load)
 
+    lw = sub.add_parser("local-weights", help="give a running server the distance-decaying -local weights")
+    lw.add_argument("--url", required=True, help="server base URL (loopback; the tensors travel as shared memory)")
+    lw.add_argument("--model-dir", required=True, help="the served model's directory (config.json picks the recipe)")
+    lw.add_argument("--tp-size", type=positive_int, default=1, help="the server's --tp-size (%(default)s)")
+    lw.set_defaults(handler=_run_local_weights)
+
     pf = sub.add_parser("profile", help="fit the scheduler's step-time profile (running server, or committed rows)")
     src = pf.add_mutually_exclusive_group(required=True)
     src.add_argument("--url", help="server base URL (loopback) to time the measurement plan against")
@@ -59,6 +65,25 @@ def register(sub: Any) -> None:
     pf.add_argument("--timeout-s", type=positive_float, default=600.0, help="per request")
     pf.add_argument("--out", required=True, help="profile JSON, e.g. sgl_qwen1m/scheduler/profiles/h200.json")
     pf.set_defaults(handler=_run_profile)
+
+
+def _run_local_weights(ns: argparse.Namespace, argv: list[str]) -> int:
+    """Send :mod:`.local_weights`' tensors for ``--model-dir`` to the server, in <= 1 GiB batches."""
+    from sgl_qwen1m.adapter.engine import update_weights_over_http
+    from sgl_qwen1m.args import CommandError
+
+    from .local_weights import local_attention_tensors, local_recipe, update_batches
+
+    config = json.loads((Path(ns.model_dir) / "config.json").read_text())
+    recipe = local_recipe(config)
+    batches = list(update_batches(local_attention_tensors(config)))
+    for i, batch in enumerate(batches):
+        ok, msg = update_weights_over_http(ns.url, batch, tp_size=ns.tp_size, flush_cache=i == len(batches) - 1)
+        if not ok:
+            raise CommandError(f"{ns.url} refused the {recipe['recipe']} local weights (update {i + 1} of "
+                               f"{len(batches)}): {msg}")
+    print(f"local weights ({recipe['recipe']}) set on {ns.url} in {len(batches)} update(s): {json.dumps(recipe)}")
+    return 0
 
 
 def _gpu(name: str) -> str:

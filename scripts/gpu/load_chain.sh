@@ -1,0 +1,80 @@
+#!/bin/bash
+# Issue 16 on one H200 (and issue 14's leftovers), as a background chain across device calls, like fp8_chain.sh:
+#
+#   call 1:  source scripts/gpu/prologue.sh >/dev/null && mkdir -p /tmp/r && setsid nohup bash scripts/gpu/load_chain.sh \
+#              STEPS < /dev/null > /tmp/r/chain.log 2>&1 &  sleep 2; bash scripts/gpu/fp8_chain.sh --wait 575
+#   call N:  bash scripts/gpu/fp8_chain.sh --wait 575
+#
+# STEPS (comma list, in this order; each starts its own server on port 30000 and stops it):
+#   profile        H200 step-time profile for the scheduler (7B-1M, local weights, prefixes to 512K, ~8 min)
+#   load-sglang    1M prompt + 8 chat streams, SGLang's own scheduling (today's qwen1m), local weights (~5 min)
+#   load-policy    the same with QWEN1M_SCHEDULER=1 and the profile from step `profile` (~5 min)
+#   load-fi        stock flashinfer + --enable-mixed-chunk on the plain 7B shape at 256K (~4 min)
+#   dense-policy   dense DCA (no budgets) with the scheduler at 256K and 512K (~6 min)
+#   est-tests      the FP8 estimation tests whose oracle was fixed after the 2026-12-01 run (~2 min)
+# Results go to /tmp/r/<experiment>/ (load-h200, scheduler-profile, gpu-tests), server logs beside them.
+set -u
+R=/tmp/r
+mkdir -p "$R/load-h200" "$R/scheduler-profile" "$R/gpu-tests"
+M1=benchmarks/models/qwen2.5-7b-1m-shape
+M7=benchmarks/models/qwen2.5-7b-shape
+URL=http://127.0.0.1:30000
+PROFILE="$R/scheduler-profile/h200.json"
+OUTL="$R/load-h200/load_h200.json"
+
+srv() {  # srv LOG MODEL BACKEND CHUNK [extra launch_server args...]: start, wait for /health (10 min at most)
+    python3 -m sglang.launch_server --model-path "$2" --load-format dummy --skip-tokenizer-init \
+        --attention-backend "$3" --context-length 1064960 --chunked-prefill-size "$4" --mem-fraction-static 0.80 \
+        --max-running-requests 32 --port 30000 --random-seed 0 "${@:5}" > "$1" 2>&1 &
+    SRV=$!
+    for _ in $(seq 120); do curl -sf "$URL/health" > /dev/null && return 0; sleep 5; done
+    return 1
+}
+stop() { kill "$SRV" 2>/dev/null; wait "$SRV" 2>/dev/null; pkill -f sglang.launch_server; sleep 5; }
+local_w() { python3 -m sgl_qwen1m bench local-weights --url "$URL" --model-dir "$1"; }
+dense_copy() { rm -rf /tmp/m1-dense && mkdir -p /tmp/m1-dense && cp "$M1/config.json" /tmp/m1-dense/; }
+
+for s in ${1//,/ }; do
+    echo "=== $(date +%T) $s"
+    case "$s" in
+    profile)
+        srv "$R/scheduler-profile/profile_server.log" "$M1" qwen1m 16384 && local_w "$M1" &&
+            timeout 900 python3 -m sgl_qwen1m bench profile --url "$URL" --model-dir "$M1" --max-tokens 512K \
+                --out "$PROFILE"
+        stop ;;
+    load-sglang)
+        srv "$R/load-h200/sglang_scheduling_server.log" "$M1" qwen1m 16384 && local_w "$M1" &&
+            timeout 900 python3 -m sgl_qwen1m bench load --url "$URL" --long-tokens 1000000 --streams 8 \
+                --chat-rate 0.5 --backend qwen1m-sparse-local --scenario sglang-scheduling --no-plot --out "$OUTL"
+        stop ;;
+    load-policy)
+        QWEN1M_SCHEDULER=1 QWEN1M_ITL_TARGET_MS=1000 QWEN1M_SCHEDULER_PROFILE="$PROFILE" \
+            srv "$R/load-h200/qwen1m_policy_server.log" "$M1" qwen1m 16384 --enable-mixed-chunk && local_w "$M1" &&
+            timeout 900 python3 -m sgl_qwen1m bench load --url "$URL" --long-tokens 1000000 --streams 8 \
+                --chat-rate 0.5 --backend qwen1m-sparse-local --scenario qwen1m-policy --no-plot --out "$OUTL"
+        stop ;;
+    load-fi)
+        srv "$R/load-h200/stock_mixed_chunk_server.log" "$M7" flashinfer 8192 --enable-mixed-chunk \
+                --context-length 270336 && local_w "$M7" &&
+            timeout 900 python3 -m sgl_qwen1m bench load --url "$URL" --long-tokens 256K --streams 8 \
+                --chat-rate 0.5 --backend flashinfer-local --scenario stock-mixed-chunk --no-plot --out "$OUTL"
+        stop ;;
+    dense-policy)
+        dense_copy
+        QWEN1M_SCHEDULER=1 QWEN1M_ITL_TARGET_MS=1000 QWEN1M_SCHEDULER_PROFILE="$PROFILE" \
+            srv "$R/load-h200/dense_policy_server.log" /tmp/m1-dense qwen1m 16384 --enable-mixed-chunk &&
+            for n in 256K 512K; do
+                timeout 900 python3 -m sgl_qwen1m bench load --url "$URL" --long-tokens "$n" --streams 8 \
+                    --chat-rate 0.5 --backend qwen1m-dense --scenario qwen1m-dense-policy --no-plot --out "$OUTL"
+            done
+        stop ;;
+    est-tests)
+        timeout 600 python3 -m pytest -q -rP -c /dev/null --rootdir . --noconftest -p no:cacheprovider \
+            tests/test_sparse.py -k "estimate" > "$R/gpu-tests/gpu_tests_fp8_estimate_h200.log" 2>&1
+        tail -3 "$R/gpu-tests/gpu_tests_fp8_estimate_h200.log" ;;
+    *) echo "unknown step $s" ;;
+    esac
+    touch "$R/done.$s"
+done
+echo "=== $(date +%T) end"
+touch "$R/chain.done"
