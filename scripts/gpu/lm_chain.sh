@@ -1,0 +1,48 @@
+#!/bin/bash
+# Issue 17 on one H200 as a background chain across device calls (started and collected like fp8_chain.sh:
+# `setsid nohup bash scripts/gpu/lm_chain.sh STEPS ... &` then `bash scripts/gpu/fp8_chain.sh --wait 575` per call).
+# The commands are those of docs/text-lm-and-refinement.md; runs/ stays on the warm machine between calls.
+#
+# STEPS (comma list, in this order): data, train, dense, rope, refine, sparse-default, sparse-refined.
+# Results: /tmp/r/text-lm-h200/*.json (+ the training log, data manifest and the refined budgets).
+set -u
+R=/tmp/r/text-lm-h200
+mkdir -p "$R"
+D=runs/lm/data
+M=runs/lm/model
+MULT=1,2,4,8,16,32
+ev() {  # ev MODEL BACKEND_NAME ATTENTION_BACKEND OUT
+    timeout 1200 python3 -m sgl_qwen1m eval longtext --model "$1" --data "$D" --model-name text-lm --runner engine \
+        --attention-backend "$3" --backend-name "$2" --multiples "$MULT" --samples 20 --out "$R/$4"
+}
+for s in ${1//,/ }; do
+    echo "=== $(date +%T) $s"
+    case "$s" in
+    data)
+        timeout 1200 python3 -m sgl_qwen1m train-lm --data-only --vocab 16384 --data "$D" --out "$M" \
+            --roots "/tmp/site,$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+        cp "$D"/*.json "$R/" 2>/dev/null ;;
+    train)
+        timeout 1800 python3 -m sgl_qwen1m train-lm --data "$D" --out "$M" --device cuda 2>&1 | tee "$R/train_text_lm_h200.log"
+        cp "$M"/config.json "$M"/*.json "$R/" 2>/dev/null ;;
+    dense) ev "$M" qwen1m-dense qwen1m dense_text_lm_h200.json ;;
+    rope)
+        python3 -m sgl_qwen1m model export-rope-variant --model "$M" --out runs/lm/rope &&
+            ev runs/lm/rope flashinfer-rope flashinfer rope_text_lm_h200.json ;;
+    refine)
+        timeout 1200 python3 -m sgl_qwen1m refine --model "$M" --calib "$D/train.bin" --length 32768 --num-seqs 2 \
+            --target 0.95 --out runs/lm/refined/sparse_attention_config.json --device cuda 2>&1 | tee "$R/refine_h200.log"
+        cp runs/lm/refined/* "$R/" 2>/dev/null ;;
+    sparse-default)
+        python3 -m sgl_qwen1m model export-sparse-variant --model "$M" --out runs/lm/sparse-default --threshold 4096 \
+            --vertical 1000 --slash 6096 && ev runs/lm/sparse-default qwen1m-sparse qwen1m sparse_default_text_lm_h200.json ;;
+    sparse-refined)
+        python3 -m sgl_qwen1m model export-sparse-variant --model "$M" --out runs/lm/sparse-refined --threshold 4096 \
+            --budgets runs/lm/refined/sparse_attention_config.json &&
+            ev runs/lm/sparse-refined qwen1m-sparse-refined qwen1m sparse_refined_text_lm_h200.json ;;
+    *) echo "unknown step $s" ;;
+    esac
+    touch "/tmp/r/done.$s"
+done
+echo "=== $(date +%T) end"
+touch /tmp/r/chain.done
