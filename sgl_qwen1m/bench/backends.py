@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from sgl_qwen1m.sizing import kv_dtype_label
+
 __all__ = [
     "BackendSpec",
     "SPECS",
@@ -97,16 +99,6 @@ def model_label(shape_dir: Union[str, Path]) -> str:
     """The ``model`` field of result rows: the shape directory's name without ``-shape`` (``qwen2.5-7b-1m``)."""
     name = Path(shape_dir).resolve().name
     return name[: -len("-shape")] if name.endswith("-shape") else name
-
-
-def kv_dtype_label(kv_cache_dtype: Optional[str], model_dir: Union[str, Path]) -> str:
-    """The ``kv_dtype`` field of result rows: SGLang's ``--kv-cache-dtype``, with ``auto`` resolved to the model's dtype
-    (``bf16`` for ``bfloat16``), as SGLang resolves it."""
-    if kv_cache_dtype and kv_cache_dtype != "auto":
-        return kv_cache_dtype
-    cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16")
-    return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(dtype, dtype)
 
 
 def source_dir(spec: "BackendSpec", shape_dir: Union[str, Path], dca_dir: Union[str, Path]) -> Path:

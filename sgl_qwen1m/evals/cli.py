@@ -144,10 +144,9 @@ def _run_eval(args: argparse.Namespace, argv: list[str]) -> int:
             runner.close()
         rows = aggregate(records)
         if args.runner == "engine":  # the KV pool's element type, so FP8 and bf16 rows can stand side by side
-            kv = dict(args.engine_arg).get("kv_cache_dtype") or "auto"
-            if kv == "auto":  # SGLang stores K/V in the model's dtype
-                dtype = str(read_config(args.model).get("torch_dtype") or "bfloat16")
-                kv = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(dtype, dtype)
+            from sgl_qwen1m.sizing import kv_dtype_label
+
+            kv = kv_dtype_label(dict(args.engine_arg).get("kv_cache_dtype"), args.model)
             for row in rows:
                 row["kv_dtype"] = kv
         print(format_table(rows, [runner.name]))

@@ -34,6 +34,6 @@ from .memory import (
     prefill_overhead_gib,
     split_static,
 )
-from .shape import GIB, QWEN3_30B_A3B, QWEN3_235B_A22B, QWEN25_7B, QWEN25_14B, ModelShape
+from .shape import GIB, QWEN3_30B_A3B, QWEN3_235B_A22B, QWEN25_7B, QWEN25_14B, ModelShape, kv_dtype_label
 
 __all__ = [*shape.__all__, *flops.__all__, *memory.__all__]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Union
 
-__all__ = ["GIB", "ModelShape", "QWEN25_7B", "QWEN25_14B", "QWEN3_30B_A3B", "QWEN3_235B_A22B"]
+__all__ = ["GIB", "ModelShape", "kv_dtype_label", "QWEN25_7B", "QWEN25_14B", "QWEN3_30B_A3B", "QWEN3_235B_A22B"]
 
 GIB = float(1 << 30)
 
@@ -127,3 +127,13 @@ QWEN3_30B_A3B = ModelShape(layers=48, hidden=2048, heads=32, kv_heads=4, head_di
 QWEN3_235B_A22B = ModelShape(layers=94, hidden=4096, heads=64, kv_heads=4, head_dim=128, intermediate=12288,
                              vocab=151936, num_experts=128, experts_per_tok=8, moe_intermediate=1536, qkv_bias=False,
                              qk_norm=True)
+
+
+def kv_dtype_label(kv_cache_dtype: Union[str, None], model_dir: Union[str, Path]) -> str:
+    """The ``kv_dtype`` field of result rows: SGLang's ``--kv-cache-dtype``, with ``auto`` resolved to the model's dtype
+    (``bf16`` for ``bfloat16``), as SGLang resolves it."""
+    if kv_cache_dtype and kv_cache_dtype != "auto":
+        return kv_cache_dtype
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16")
+    return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(dtype, dtype)
