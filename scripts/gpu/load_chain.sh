@@ -12,12 +12,16 @@
 #   load-fi        stock flashinfer + --enable-mixed-chunk on the plain 7B shape at 256K (~4 min)
 #   dense-policy   dense DCA (no budgets) with the scheduler at 256K and 512K (~6 min)
 #   est-tests      the FP8 estimation tests whose oracle was fixed after the 2026-12-01 run (~2 min)
+#   q3-serve       issue 14: the README's Qwen3 command (FP8 KV, --context-length 1010000) through launch_server,
+#                  one 1,000,000-token request (serve-smoke; dummy weights; uniform 2357/6055 budgets) (~4 min)
+#   q3-dense512    issue 14: Qwen3-30B-A3B at 512K, FP8 KV, sparse (-local) and dense prefill in one run (~6 min)
 # Results go to /tmp/r/<experiment>/ (load-h200, scheduler-profile, gpu-tests), server logs beside them.
 set -u
 R=/tmp/r
 mkdir -p "$R/load-h200" "$R/scheduler-profile" "$R/gpu-tests"
 M1=benchmarks/models/qwen2.5-7b-1m-shape
 M7=benchmarks/models/qwen2.5-7b-shape
+M30=benchmarks/models/qwen3-30b-a3b-instruct-2507-1m-shape
 URL=http://127.0.0.1:30000
 PROFILE="$R/scheduler-profile/h200.json"
 OUTL="$R/load-h200/load_h200.json"
@@ -32,6 +36,9 @@ srv() {  # srv LOG MODEL BACKEND CHUNK [extra launch_server args...]: start, wai
 }
 stop() { kill "$SRV" 2>/dev/null; wait "$SRV" 2>/dev/null; pkill -f sglang.launch_server; sleep 5; }
 local_w() { python3 -m sgl_qwen1m bench local-weights --url "$URL" --model-dir "$1"; }
+q3_budgets() {  # Qwen3's own budgets are not public here: every head gets the 14B-1M means (as fp8_chain.sh)
+    [ -f /tmp/qwen3-sparse/sparse_attention_config.json ] || python3 -m sgl_qwen1m model export-sparse-variant \
+        --model "$M30" --out /tmp/qwen3-sparse --vertical 2357 --slash 6055 --threshold 32768; }
 dense_copy() { rm -rf /tmp/m1-dense && mkdir -p /tmp/m1-dense && cp "$M1/config.json" /tmp/m1-dense/; }
 
 for s in ${1//,/ }; do
@@ -40,7 +47,7 @@ for s in ${1//,/ }; do
     profile)
         srv "$R/scheduler-profile/profile_server.log" "$M1" qwen1m 16384 && local_w "$M1" &&
             timeout 900 python3 -m sgl_qwen1m bench profile --url "$URL" --model-dir "$M1" --max-tokens 512K \
-                --out "$PROFILE"
+                --chunks 2048,8192,16384 --out "$PROFILE"
         stop ;;
     load-sglang)
         srv "$R/load-h200/sglang_scheduling_server.log" "$M1" qwen1m 16384 && local_w "$M1" &&
@@ -72,6 +79,21 @@ for s in ${1//,/ }; do
         timeout 600 python3 -m pytest -q -rP -c /dev/null --rootdir . --noconftest -p no:cacheprovider \
             tests/test_sparse.py -k "estimate" > "$R/gpu-tests/gpu_tests_fp8_estimate_h200.log" 2>&1
         tail -3 "$R/gpu-tests/gpu_tests_fp8_estimate_h200.log" ;;
+    q3-serve)
+        mkdir -p "$R/fp8-1m-h200" && q3_budgets &&
+            timeout 900 python3 -m sgl_qwen1m bench serve-smoke --backend qwen1m-sparse --model-1m /tmp/qwen3-sparse \
+                --prompt-tokens 1000000 --new-tokens 16 --context-length 1010000 --mem-fraction-static 0.90 \
+                --max-running-requests 4 --chunked-prefill-size 16384 --cuda-graph \
+                --server-arg=--kv-cache-dtype=fp8_e4m3 --start-timeout-s 420 --request-timeout-s 420 \
+                --log-file "$R/fp8-1m-h200/serve_qwen3_30b_a3b_1m_fp8_h200.server.log" \
+                --out "$R/fp8-1m-h200/serve_qwen3_30b_a3b_1m_fp8_h200.json"
+        tail -3 "$R/fp8-1m-h200/serve_qwen3_30b_a3b_1m_fp8_h200.server.log" ;;
+    q3-dense512)
+        mkdir -p "$R/fp8-1m-h200" && q3_budgets &&
+            timeout 900 python3 -m sgl_qwen1m bench e2e --backends qwen1m-sparse-local,qwen1m-dense --no-plot \
+                --cuda-graph --check-tokens 40960 --model-1m /tmp/qwen3-sparse --lengths 512K --decode-at 0 \
+                --chunked-prefill-size 16384 --mem-fraction-static 0.90 --engine-arg kv_cache_dtype=fp8_e4m3 \
+                --out "$R/fp8-1m-h200/qwen3_30b_a3b_512k_dense_vs_sparse_h200.json" ;;
     *) echo "unknown step $s" ;;
     esac
     touch "$R/done.$s"

@@ -211,6 +211,8 @@ def plot_timeline(traces: Sequence[StreamTrace], t_long: float, t_end: float, pa
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+
+        from sgl_qwen1m.figures import save_png
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(10, 4.5))
@@ -223,6 +225,5 @@ def plot_timeline(traces: Sequence[StreamTrace], t_long: float, t_end: float, pa
     ax.set_title(f"{o.backend}: {o.scenario}, {o.streams} streams, {o.chat_rate}/s new chats")
     ax.legend(fontsize=6, ncol=4, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path, dpi=110)
     return True

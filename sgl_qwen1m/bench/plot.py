@@ -114,27 +114,14 @@ def plot_ttft(
 
 
 def _finish(fig: Any, ax: Any, data: dict[str, Any], title: str, out_png: Path) -> Path:
-    """Title (with the results' GPU), tight layout, save as PNG at 100 dpi, close; return the path."""
-    import matplotlib.pyplot as plt
+    """Title (with the results' GPU), tight layout, save as PNG at 100 dpi (:func:`~sgl_qwen1m.figures.save_png`),
+    close; return the path."""
+    from sgl_qwen1m.figures import save_png
 
     gpu = str(data.get("gpu", "")).split(",")[0]
     ax.set_title(title + (f" ({gpu})" if gpu else ""), fontsize=9)
     fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    _palette(out_png)
-    return out_png
-
-
-def _palette(png: Path, colors: int = 128) -> None:
-    """Rewrite ``png`` with a 128-colour palette (a third of the RGBA size; the tree has a size budget)."""
-    from PIL import Image  # matplotlib depends on Pillow
-
-    with Image.open(png) as im:
-        q = im.convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    q.save(png, optimize=True)
+    return save_png(fig, out_png)
 
 
 def plot_runs(data: dict[str, Any], out_png: Path, gpu_gib: Optional[float] = None) -> Path:

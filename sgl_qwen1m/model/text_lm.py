@@ -167,11 +167,12 @@ def _plot(log: list[dict[str, float]], path: Path) -> None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+
+        from sgl_qwen1m.figures import save_png
     except ImportError:  # the log holds the curve anyway
         return
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.plot([e["step"] for e in log], [e["loss"] for e in log])
     ax.set(xlabel="step", ylabel="training loss (nats/token)", yscale="log")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_png(fig, path, dpi=80)

@@ -23,6 +23,7 @@ from sgl_qwen1m.ops.dca.reference import dca_attention_ref
 from sgl_qwen1m.ops.sparse.plan import LayerBudget, layer_budgets
 from sgl_qwen1m.ops.sparse.prompt_ref import attention_variants, piece_mask, piece_scores, prompt_pieces
 from sgl_qwen1m.ops.sparse.reference import attention_recall
+from sgl_qwen1m.ops.sparse.reuse import estimation_anchors
 from sgl_qwen1m.model.capture import LayerInputs
 
 __all__ = ["RowSampling", "PieceData", "SeqData", "Measured", "prepare", "evaluate", "make_budget"]
@@ -45,6 +46,7 @@ class PieceData:
     rows: torch.Tensor  # [n] positions
     q: torch.Tensor  # [n, V', H, D] attention variants of the rows
     lse_full: torch.Tensor  # [n, H]
+    q_pos0: int = 0  # first query position of the piece (pattern reuse groups pieces by DCA chunk)
 
 
 @dataclass
@@ -108,7 +110,7 @@ def prepare(
         rows = _sample_rows(a, b, sampling, gen).to(dev)
         _, lse = dca_attention_ref(qa[rows], inp.k[:b], inp.v[:b], rows, inp.chunk_len, inp.sm_scale,
                                    inp.logit_scale, block=block)
-        pieces.append(PieceData(b, vert, slash, rows, qa[rows].contiguous(), lse))
+        pieces.append(PieceData(b, vert, slash, rows, qa[rows].contiguous(), lse, a))
     return SeqData(inp.k, inp.v, inp.chunk_len, inp.sm_scale, inp.logit_scale, pieces)
 
 
@@ -118,12 +120,18 @@ def make_budget(vertical: Sequence[int], slash: Sequence[int], device: torch.dev
     return layer_budgets(SparseBudgets(heads=(heads,)), device)[0]
 
 
-def evaluate(seqs: Sequence[SeqData], budget: LayerBudget, block: int = 64) -> Measured:
-    """Recall and attended keys of every sampled query under ``budget`` (serving's selection)."""
+def evaluate(seqs: Sequence[SeqData], budget: LayerBudget, block: int = 64, reestimate_every: int = 1) -> Measured:
+    """Recall and attended keys of every sampled query under ``budget`` (serving's selection).
+
+    ``reestimate_every`` ``k > 1``: the pieces of each DCA chunk use the pattern of the last of its pieces ``0, k,
+    2k, ...`` (among ``sd.pieces``), extended (:mod:`sgl_qwen1m.ops.sparse.reuse`); ``1`` (default): their own.
+    """
     recalls, keys, causal = [], [], []
     for sd in seqs:
-        for pc in sd.pieces:
-            mask = piece_mask(pc.vertical, pc.slash, pc.q_end, budget, pc.rows)  # [n, H, q_end]
+        anchors = estimation_anchors([(pc.q_pos0, pc.q_end) for pc in sd.pieces], sd.chunk_len, reestimate_every)
+        for i, pc in enumerate(sd.pieces):
+            est = sd.pieces[anchors[i]]
+            mask = piece_mask(est.vertical, est.slash, est.q_end, budget, pc.rows, keys=pc.q_end)  # [n, H, q_end]
             kpos = torch.arange(pc.q_end, device=mask.device)
             mask &= (kpos[None, :] <= pc.rows[:, None])[:, None, :]
             _, lse = dca_attention_ref(pc.q, sd.k[: pc.q_end], sd.v[: pc.q_end], pc.rows, sd.chunk_len, sd.sm_scale,

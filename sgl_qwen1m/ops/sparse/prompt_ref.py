@@ -8,7 +8,7 @@ this prompt". This module composes the existing oracles and the torch selection 
   queries of one extend inside one DCA chunk; keys ``[0, q_end)``);
 * scores: :func:`~sgl_qwen1m.ops.sparse.reference.estimate_vs_ref` on the piece's last ``last_q`` queries
   (continuous-position variants for the earlier DCA chunks);
-* pattern: :func:`~sgl_qwen1m.ops.sparse.reference.select_vertical_slash` (budgets through
+* pattern (:func:`~sgl_qwen1m.ops.sparse.reuse.piece_pattern`): :func:`~sgl_qwen1m.ops.sparse.reference.select_vertical_slash` (budgets through
   :func:`~sgl_qwen1m.ops.sparse.plan.layer_budgets`, so the ``vertical == 30 -> 130`` quirk holds) +
   :func:`~sgl_qwen1m.ops.sparse.reference.block_pattern` + :func:`~sgl_qwen1m.ops.sparse.reference.pattern_mask_ref`;
 * attention: :func:`sgl_qwen1m.ops.dca.reference.dca_attention_ref` with that key mask.
@@ -25,8 +25,9 @@ import torch
 
 from sgl_qwen1m.config import DEFAULT_LAST_Q
 from sgl_qwen1m.ops.dca.reference import dca_attention_ref
-from sgl_qwen1m.ops.sparse.plan import BLOCK, LayerBudget
-from sgl_qwen1m.ops.sparse.reference import block_pattern, estimate_vs_ref, pattern_mask_ref, select_vertical_slash
+from sgl_qwen1m.ops.sparse.plan import LayerBudget
+from sgl_qwen1m.ops.sparse.reference import estimate_vs_ref, pattern_mask_ref
+from sgl_qwen1m.ops.sparse.reuse import estimation_anchors, piece_pattern
 
 __all__ = ["prompt_pieces", "piece_scores", "piece_mask", "sparse_attention_prompt_ref", "attention_variants"]
 
@@ -72,18 +73,23 @@ def piece_scores(
 
 
 def piece_mask(
-    vertical: torch.Tensor, slash: torch.Tensor, q_end: int, budget: LayerBudget, rows: torch.Tensor
+    vertical: torch.Tensor,
+    slash: torch.Tensor,
+    q_end: int,
+    budget: LayerBudget,
+    rows: torch.Tensor,
+    keys: Optional[int] = None,
 ) -> torch.Tensor:
     """``[n, H, q_end]`` bool: keys that the queries at positions ``rows`` may attend under the selected pattern
     (causality not applied). ``vertical``/``slash``: ``[H, >= q_end]`` scores from :func:`piece_scores` (not
-    modified)."""
-    v = vertical[:, :q_end].clone()[None]
-    s = slash[:, :q_end].clone()[None]
-    q_end_t = torch.tensor([q_end], dtype=torch.int64, device=vertical.device)
-    v_idx, s_idx = select_vertical_slash(v, s, q_end_t, budget)
-    dense = torch.zeros(1, dtype=torch.bool, device=vertical.device)
-    cov, _ = block_pattern(s_idx, dense, -(-q_end // BLOCK))
-    return pattern_mask_ref(cov[0], v_idx[0], rows, q_end)
+    modified).
+
+    ``keys`` (default ``q_end``): pattern reuse (:mod:`sgl_qwen1m.ops.sparse.reuse`): the pattern selected from
+    scores over ``[0, q_end)`` laid over a later piece's ``keys >= q_end`` keys; the mask is then ``[n, H, keys]``.
+    """
+    keys = q_end if keys is None else keys
+    v_idx, cov = piece_pattern(vertical, slash, q_end, budget, keys)
+    return pattern_mask_ref(cov, v_idx, rows, keys)
 
 
 def sparse_attention_prompt_ref(
@@ -98,19 +104,28 @@ def sparse_attention_prompt_ref(
     prefill_chunk: Optional[int] = None,
     block: int = 256,
     pieces: Optional[Sequence[tuple[int, int]]] = None,
+    reestimate_every: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse prefill of a whole prompt (positions ``0..L-1``) as ``qwen1m`` runs it, in fp32.
 
-    Returns ``(out [L, H, D], lse [L, H])`` (natural log), like :func:`dca_attention_ref`.
+    Returns ``(out [rows, H, D], lse [rows, H])`` (natural log) for the rows of ``pieces`` (default: every piece, so
+    ``[L, H, D]``), like :func:`dca_attention_ref`. ``reestimate_every`` (``k``): ``1`` estimates every piece;
+    ``k > 1`` estimates pieces ``0, k, 2k, ...`` of each DCA chunk and reuses the last estimate, extended, for the
+    others (rule: :mod:`sgl_qwen1m.ops.sparse.reuse`).
     """
     length = k.shape[0]
     qa = attention_variants(q5, chunk_len)
     outs, lses = [], []
-    for a, b in pieces if pieces is not None else prompt_pieces(length, chunk_len, prefill_chunk):
-        vert, sl = piece_scores(q5, k, (a, b), chunk_len, sm_scale, logit_scale, last_q)
+    plist = list(pieces) if pieces is not None else prompt_pieces(length, chunk_len, prefill_chunk)
+    anchors = estimation_anchors(plist, chunk_len, reestimate_every)
+    est_end = 0
+    for i, (a, b) in enumerate(plist):
+        if anchors[i] == i:
+            vert, sl = piece_scores(q5, k, (a, b), chunk_len, sm_scale, logit_scale, last_q)
+            est_end = b
         for s in range(a, b, block):
             rows = torch.arange(s, min(s + block, b), device=k.device)
-            mask = piece_mask(vert, sl, b, budget, rows)
+            mask = piece_mask(vert, sl, est_end, budget, rows, keys=b)
             o, lse = dca_attention_ref(qa[rows], k[:b], v[:b], rows, chunk_len, sm_scale, logit_scale,
                                        block=block, key_mask=mask)
             outs.append(o)
