@@ -71,3 +71,40 @@ def test_shape_dir_through_sglang_prepare_server_args(server_args, name):
     args = server_args("--model-path", str(MODELS / name), "--attention-backend", "qwen1m", "--load-format", "dummy",
                        "--skip-tokenizer-init", "--device", "cuda")
     assert args.attention_backend == "qwen1m"
+
+
+# The DCA block one public third-party source quotes for Qwen3-30B-A3B-Instruct-2507's config_1m.json (Hugging Face
+# revision fcc1528; unverified here: no stored copy of the file exists): other chunk sizes than our shape directories,
+# sparse_attention_enabled true and no budgets inline. SGLang and vLLM read budgets only from a
+# sparse_attention_config.json beside config.json (get_sparse_attention_config), so such a file needs that sidecar.
+QUOTED_CONFIG_1M_DCA = {"chunk_size": 131072, "local_size": 4096, "original_max_position_embeddings": 131072,
+                        "sparse_attention_enabled": True}
+
+
+def _quoted_config_1m(tmp_path: Path, sidecar: bool) -> Path:
+    src = MODELS / "qwen3-30b-a3b-instruct-2507-1m-shape"
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["dual_chunk_attention_config"] = dict(QUOTED_CONFIG_1M_DCA)
+    d = tmp_path / ("with-sidecar" if sidecar else "no-sidecar")
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(cfg))
+    if sidecar:
+        (d / "sparse_attention_config.json").write_text(json.dumps(_budgets(48, 32)))
+    return d
+
+
+def test_quoted_config_1m_block_parses():
+    dca = DCAConfig.from_hf_config({"dual_chunk_attention_config": QUOTED_CONFIG_1M_DCA})
+    assert dca.sparse_attention_enabled and dca.chunk_len == 126976 and dca.chunk_len % 64 == 0
+    with pytest.raises(ConfigError, match="no sparse_attention_config.json was found beside config.json"):
+        sparse_budgets_from_hf({"num_hidden_layers": 48, "num_attention_heads": 32,
+                                "dual_chunk_attention_config": QUOTED_CONFIG_1M_DCA}, dca)
+
+
+def test_quoted_config_1m_through_sglang_prepare_server_args(server_args, tmp_path):
+    argv = ("--attention-backend", "qwen1m", "--load-format", "dummy", "--skip-tokenizer-init", "--device", "cuda",
+            "--kv-cache-dtype", "fp8_e4m3", "--context-length", "1010000")
+    args = server_args("--model-path", str(_quoted_config_1m(tmp_path, sidecar=True)), *argv)
+    assert args.attention_backend == "qwen1m"
+    with pytest.raises(ValueError, match="sparse_attention_enabled is true but no sparse_attention_config.json"):
+        server_args("--model-path", str(_quoted_config_1m(tmp_path, sidecar=False)), *argv)
