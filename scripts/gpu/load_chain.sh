@@ -11,7 +11,8 @@
 #   load-policy    the same with QWEN1M_SCHEDULER=1 and the profile from step `profile` (~5 min)
 #   load-fi        stock flashinfer + --enable-mixed-chunk on the plain 7B shape at 256K (~4 min)
 #   dense-policy   dense DCA (no budgets) with the scheduler at 256K and 512K (~6 min)
-#   est-tests      the FP8 estimation tests whose oracle was fixed after the 2026-12-01 run (~2 min)
+#   est-tests      the FP8 estimation tests whose oracle was fixed after the 2026-12-01 run, and the mixed-batch
+#                  (prefill + decode rows) tests against the fp32 oracle (~3 min with FlashInfer's JIT)
 #   q3-serve       issue 14: the README's Qwen3 command (FP8 KV, --context-length 1010000) through launch_server,
 #                  one 1,000,000-token request (serve-smoke; dummy weights; uniform 2357/6055 budgets) (~4 min)
 #   q3-dense512    issue 14: Qwen3-30B-A3B at 512K, FP8 KV, sparse (-local) and dense prefill in one run (~6 min)
@@ -77,7 +78,8 @@ for s in ${1//,/ }; do
         stop ;;
     est-tests)
         timeout 600 python3 -m pytest -q -rP -c /dev/null --rootdir . --noconftest -p no:cacheprovider \
-            tests/test_sparse.py -k "estimate" > "$R/gpu-tests/gpu_tests_fp8_estimate_h200.log" 2>&1
+            tests/test_sparse.py tests/test_dca_attention_gpu.py -k "estimate or mixed" \
+            > "$R/gpu-tests/gpu_tests_fp8_estimate_h200.log" 2>&1
         tail -3 "$R/gpu-tests/gpu_tests_fp8_estimate_h200.log" ;;
     q3-serve)
         mkdir -p "$R/fp8-1m-h200" && q3_budgets &&
