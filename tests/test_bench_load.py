@@ -98,6 +98,20 @@ def test_load_run_end_to_end_against_a_stand_in_server(server, tmp_path, monkeyp
     metrics = {r["metric"] for r in data["rows"]}
     assert {"itl_p50_ms", "itl_p99_ms", "itl_max_ms", "chat_ttft_s", "ttft_ratio_vs_idle", "ttft_s"} <= metrics
     assert all(r["scenario"] == "t" and r["prompt_tokens"] == LONG for r in data["rows"])
+    # the timeline beside the JSON: every stream, arrivals back to the same ms, the stall visible, plottable anywhere
+    tl = json.loads((tmp_path / "load.t.timeline.json").read_text())
+    assert s["timeline"] == str(tmp_path / "load.t.timeline.json")
+    assert tl["prefill_ms"][1] == pytest.approx(s["ttft_s"] * 1e3, abs=2)
+    assert {x["name"] for x in tl["streams"]} >= {"chat0", "chat1", "chat2", "new0"}
+    chat0 = next(x for x in tl["streams"] if x["name"] == "chat0")
+    ts, ns = load._events(chat0)
+    assert ns == list(range(1, len(ts) + 1)) and ts == sorted(ts)
+    assert max(b - a for a, b in zip(ts, ts[1:])) == pytest.approx(STALL_S, abs=0.06)
+    pytest.importorskip("matplotlib")
+    from sgl_qwen1m.cli import main
+
+    assert main(["bench", "plot", "--kind", "timeline", str(tmp_path / "load.t.timeline.json")]) == 0
+    assert (tmp_path / "load.t.timeline.png").stat().st_size > 5000
 
 
 def test_cli_parses_load_and_derives_the_committed_profile(tmp_path, capsys):

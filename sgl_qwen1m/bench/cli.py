@@ -7,6 +7,7 @@ top-level ``python -m sgl_qwen1m plan`` (the same planner): :func:`register` and
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -193,8 +194,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("json", nargs="+", help="results files; with several, a row of an earlier file wins on ties")
     p.add_argument("--out", default="", help="PNG path (default: beside the first JSON)")
     p.add_argument("--peak-tflops", type=float, default=800.0)
-    p.add_argument("--kind", choices=["ttft", "runs"], default="ttft",
-                   help="ttft: TTFT vs length per backend; runs: peak memory / TTFT / decode per model and KV dtype")
+    p.add_argument("--kind", choices=["ttft", "runs", "timeline"], default="ttft",
+                   help="ttft: TTFT vs length per backend; runs: peak memory / TTFT / decode per model and KV dtype; "
+                        "timeline: one bench load scenario's *.timeline.json")
     p.add_argument("--gpu-gib", type=float, default=0.0, help="runs: draw the GPU's memory as a line (0 = none)")
     p.set_defaults(handler=_run_plot)
 
@@ -333,6 +335,13 @@ def _run_plot(ns: argparse.Namespace, argv: list[str]) -> int:
     from .results import Results, merge_rows
 
     out = Path(ns.out) if ns.out else Path(ns.json[0]).with_suffix(".png")
+    if ns.kind == "timeline":
+        from .load import plot_timeline
+
+        if not plot_timeline(json.loads(Path(ns.json[0]).read_text()), out):
+            raise SystemExit("bench plot --kind timeline needs matplotlib")
+        print(f"{out} ({out.stat().st_size // 1024} KB)")
+        return 0
     data = merge_rows([Results.load(j) for j in ns.json])
     if ns.kind == "runs":
         path = plot_runs(data, out, ns.gpu_gib or None)

@@ -10,8 +10,10 @@ Reported (rows keyed by ``case`` = ``scenario``, ``prompt_tokens`` = the long pr
 ``ttft_ratio_vs_idle``; ``itl_p50_ms`` / ``itl_p99_ms`` / ``itl_max_ms`` over every gap between token-bearing stream
 events of every chat inside the prefill window (from sending the long prompt to its first token; a gap that straddles
 the window's start counts); ``chat_ttft_s`` (max over the chats that arrived during the prefill; p50 and all samples
-in the row). A timeline PNG beside the JSON (matplotlib optional): tokens of each stream over time, the long
-prompt's send and first token marked.
+in the row). The timeline of every stream is saved beside the JSON (``<out stem>.<scenario>.timeline.json``,
+:func:`timeline_doc`) so its plot can be drawn anywhere (``bench plot --kind timeline FILE``; the GPU host has no
+matplotlib): tokens of each stream over time, the long prompt's prefill shaded and the engine steps inside it marked
+(every token arrival of a chat ends one step).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from urllib.parse import urlsplit
 from .common import make_prompt, sse_chunks
 from .results import Results, command_line
 
-__all__ = ["LoadOptions", "StreamTrace", "percentile", "gap_stats", "stream_generate", "run_load", "plot_timeline"]
+__all__ = ["LoadOptions", "StreamTrace", "percentile", "gap_stats", "stream_generate", "run_load", "timeline_doc",
+           "plot_timeline"]
 
 
 @dataclass(kw_only=True)
@@ -199,13 +202,47 @@ def run_load(o: LoadOptions, argv: Optional[list[str]] = None) -> dict[str, Any]
         res.backend_info(o.backend, save=False, error="; ".join(errors[:5]))
     res.save()
     summary.update(gaps=len(gaps), chats_started=len(arrivals), errors=errors)
+    doc = timeline_doc(traces, t_long, t_end, o)
+    tl_path = Path(o.out).with_suffix(f".{o.scenario}.timeline.json")
+    tl_path.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
+    summary["timeline"] = str(tl_path)
     if o.plot:
-        plot_timeline(traces, t_long, t_end, Path(o.out).with_suffix(f".{o.scenario}.png"), o)
+        plot_timeline(doc, tl_path.with_suffix(".png"))
     return summary
 
 
-def plot_timeline(traces: Sequence[StreamTrace], t_long: float, t_end: float, path: Path, o: LoadOptions) -> bool:
-    """Tokens of each stream over time, the long prompt's send and first token marked; False without matplotlib."""
+def timeline_doc(traces: Sequence[StreamTrace], t_long: float, t_end: float, o: LoadOptions) -> dict[str, Any]:
+    """Every stream's token arrivals in integer ms since the long prompt was sent, delta-encoded (``dt_ms``: first
+    arrival minus ``sent_ms``, then gaps); ``tokens`` only when a stream event carried more than one token. Plus the
+    prefill window (``prefill_ms``), the scenario and its settings: what :func:`plot_timeline` draws."""
+    streams = []
+    for t in traces:
+        ms = [round((e[0] - t_long) * 1e3) for e in t.events]
+        sent = round((t.sent - t_long) * 1e3)
+        item: dict[str, Any] = {"name": t.name, "sent_ms": sent,
+                                "dt_ms": [b - a for a, b in zip([sent] + ms, ms)]}
+        if [e[1] for e in t.events] != list(range(1, len(t.events) + 1)):
+            item["tokens"] = [e[1] for e in t.events]
+        if t.error:
+            item["error"] = t.error
+        streams.append(item)
+    return {"scenario": o.scenario, "backend": o.backend, "long_tokens": o.long_tokens, "streams_n": o.streams,
+            "chat_rate": o.chat_rate, "gpu": o.gpu, "prefill_ms": [0, round((t_end - t_long) * 1e3)],
+            "streams": streams}
+
+
+def _events(item: dict[str, Any]) -> tuple[list[float], list[int]]:
+    """Arrival times (s since the long prompt was sent) and token counts of one stream of a timeline doc."""
+    ts, acc = [], item["sent_ms"]
+    for d in item["dt_ms"]:
+        acc += d
+        ts.append(acc / 1e3)
+    return ts, item.get("tokens") or list(range(1, len(ts) + 1))
+
+
+def plot_timeline(doc: dict[str, Any], path: Path) -> bool:
+    """Tokens of each stream over time (one line per stream), the long prompt's prefill shaded, and a tick per engine
+    step inside it (distinct chat token arrivals, 5 ms apart at least); False without matplotlib."""
     try:
         import matplotlib
 
@@ -215,15 +252,26 @@ def plot_timeline(traces: Sequence[StreamTrace], t_long: float, t_end: float, pa
         from sgl_qwen1m.figures import save_png
     except ImportError:
         return False
+    lo, hi = (x / 1e3 for x in doc["prefill_ms"])
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    for t in traces:
-        if t.events:
-            ax.step([e[0] - t_long for e in t.events], [e[1] for e in t.events], where="post", lw=1, label=t.name)
-    ax.axvspan(0.0, t_end - t_long, color="0.9", label=f"long prompt prefill ({o.long_tokens} tokens)")
+    steps: list[float] = []
+    for item in doc["streams"]:
+        ts, ns = _events(item)
+        if ts:
+            ax.step(ts, ns, where="post", lw=0.8, label=item["name"])
+            steps += [x for x in ts if lo < x <= hi]
+    marks: list[float] = []
+    for x in sorted(steps):
+        if not marks or x - marks[-1] > 0.005:
+            marks.append(x)
+    ax.axvspan(lo, hi, color="0.92", label=f"long prompt prefill ({doc['long_tokens']:,} tokens, {hi:.1f} s)")
+    if marks:
+        ax.plot(marks, [0] * len(marks), "|", color="k", ms=8, label=f"engine steps in the prefill ({len(marks)})")
     ax.set_xlabel("seconds since the long prompt was sent")
     ax.set_ylabel("tokens received")
-    ax.set_title(f"{o.backend}: {o.scenario}, {o.streams} streams, {o.chat_rate}/s new chats")
-    ax.legend(fontsize=6, ncol=4, loc="upper left")
+    ax.set_title(f"{doc['backend']}: {doc['scenario']}, {doc['streams_n']} streams, {doc['chat_rate']}/s new chats"
+                 + (f" ({doc['gpu']})" if doc.get("gpu") else ""), fontsize=9)
+    ax.legend(fontsize=6, ncol=6, loc="upper left")
     fig.tight_layout()
-    save_png(fig, path, dpi=110)
+    save_png(fig, path, dpi=100)
     return True
