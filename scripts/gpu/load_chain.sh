@@ -36,7 +36,9 @@ srv() {  # srv LOG MODEL BACKEND CHUNK [extra launch_server args...]: start, wai
     return 1
 }
 stop() { kill "$SRV" 2>/dev/null; wait "$SRV" 2>/dev/null; pkill -f sglang.launch_server; sleep 5; }
-local_w() { python3 -m sgl_qwen1m bench local-weights --url "$URL" --model-dir "$1"; }
+local_w() {  # the -local weights; if that fails the run goes on with the dummy weights and says so in its label
+    if python3 -m sgl_qwen1m bench local-weights --url "$URL" --model-dir "$1"; then W=-local; else
+        W=; echo "local-weights failed: this step runs on uniform dummy weights"; fi; return 0; }
 q3_budgets() {  # Qwen3's own budgets are not public here: every head gets the 14B-1M means (as fp8_chain.sh)
     [ -f /tmp/qwen3-sparse/sparse_attention_config.json ] || python3 -m sgl_qwen1m model export-sparse-variant \
         --model "$M30" --out /tmp/qwen3-sparse --vertical 2357 --slash 6055 --threshold 32768; }
@@ -53,19 +55,19 @@ for s in ${1//,/ }; do
     load-sglang)
         srv "$R/load-h200/sglang_scheduling_server.log" "$M1" qwen1m 16384 && local_w "$M1" &&
             timeout 900 python3 -m sgl_qwen1m bench load --url "$URL" --long-tokens 1000000 --streams 8 \
-                --chat-rate 0.5 --backend qwen1m-sparse-local --scenario sglang-scheduling --no-plot --out "$OUTL"
+                --chat-rate 0.5 --backend "qwen1m-sparse$W" --scenario sglang-scheduling --no-plot --out "$OUTL"
         stop ;;
     load-policy)
         QWEN1M_SCHEDULER=1 QWEN1M_ITL_TARGET_MS=1000 QWEN1M_SCHEDULER_PROFILE="$PROFILE" \
             srv "$R/load-h200/qwen1m_policy_server.log" "$M1" qwen1m 16384 --enable-mixed-chunk && local_w "$M1" &&
             timeout 900 python3 -m sgl_qwen1m bench load --url "$URL" --long-tokens 1000000 --streams 8 \
-                --chat-rate 0.5 --backend qwen1m-sparse-local --scenario qwen1m-policy --no-plot --out "$OUTL"
+                --chat-rate 0.5 --backend "qwen1m-sparse$W" --scenario qwen1m-policy --no-plot --out "$OUTL"
         stop ;;
     load-fi)
         srv "$R/load-h200/stock_mixed_chunk_server.log" "$M7" flashinfer 8192 --enable-mixed-chunk \
                 --context-length 270336 && local_w "$M7" &&
             timeout 900 python3 -m sgl_qwen1m bench load --url "$URL" --long-tokens 256K --streams 8 \
-                --chat-rate 0.5 --backend flashinfer-local --scenario stock-mixed-chunk --no-plot --out "$OUTL"
+                --chat-rate 0.5 --backend "flashinfer$W" --scenario stock-mixed-chunk --no-plot --out "$OUTL"
         stop ;;
     dense-policy)
         dense_copy
