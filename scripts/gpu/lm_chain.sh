@@ -1,12 +1,14 @@
 #!/bin/bash
-# Issue 17 on one H200 as a background chain across device calls (started and collected like fp8_chain.sh:
+# Issue 17 on one GPU (H100 or H200: file names carry the GPU) as a background chain across device calls (started and collected like fp8_chain.sh:
 # `setsid nohup bash scripts/gpu/lm_chain.sh STEPS ... &` then `bash scripts/gpu/fp8_chain.sh --wait 575` per call).
 # The commands are those of docs/text-lm-and-refinement.md; runs/ stays on the warm machine between calls.
 #
 # STEPS (comma list, in this order): data, train, dense, rope, refine, sparse-default, sparse-refined.
-# Results: /tmp/r/text-lm-h200/*.json (+ the training log, data manifest and the refined budgets).
+# Results: /tmp/r/text-lm-<gpu>/*_<gpu>.json (+ the training log, data manifest and the refined budgets).
 set -u
-R=/tmp/r/text-lm-h200
+G=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n1 | grep -o -i -E 'h100|h200' | tr A-Z a-z)
+G=${G:-gpu}
+R=/tmp/r/text-lm-$G
 mkdir -p "$R"
 D=runs/lm/data
 M=runs/lm/model
@@ -23,23 +25,23 @@ for s in ${1//,/ }; do
             --roots "/tmp/site,$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
         cp "$D"/*.json "$R/" 2>/dev/null ;;
     train)
-        timeout 1800 python3 -m sgl_qwen1m train-lm --data "$D" --out "$M" --device cuda 2>&1 | tee "$R/train_text_lm_h200.log"
+        timeout 1800 python3 -m sgl_qwen1m train-lm --data "$D" --out "$M" --device cuda 2>&1 | tee "$R/train_text_lm_$G.log"
         cp "$M"/config.json "$M"/*.json "$R/" 2>/dev/null ;;
-    dense) ev "$M" qwen1m-dense qwen1m dense_text_lm_h200.json ;;
+    dense) ev "$M" qwen1m-dense qwen1m dense_text_lm_$G.json ;;
     rope)
         python3 -m sgl_qwen1m model export-rope-variant --model "$M" --out runs/lm/rope &&
-            ev runs/lm/rope flashinfer-rope flashinfer rope_text_lm_h200.json ;;
+            ev runs/lm/rope flashinfer-rope flashinfer rope_text_lm_$G.json ;;
     refine)
         timeout 1200 python3 -m sgl_qwen1m refine --model "$M" --calib "$D/train.bin" --length 32768 --num-seqs 2 \
-            --target 0.95 --out runs/lm/refined/sparse_attention_config.json --device cuda 2>&1 | tee "$R/refine_h200.log"
+            --target 0.95 --out runs/lm/refined/sparse_attention_config.json --device cuda 2>&1 | tee "$R/refine_$G.log"
         cp runs/lm/refined/* "$R/" 2>/dev/null ;;
     sparse-default)
         python3 -m sgl_qwen1m model export-sparse-variant --model "$M" --out runs/lm/sparse-default --threshold 4096 \
-            --vertical 1000 --slash 6096 && ev runs/lm/sparse-default qwen1m-sparse qwen1m sparse_default_text_lm_h200.json ;;
+            --vertical 1000 --slash 6096 && ev runs/lm/sparse-default qwen1m-sparse qwen1m sparse_default_text_lm_$G.json ;;
     sparse-refined)
         python3 -m sgl_qwen1m model export-sparse-variant --model "$M" --out runs/lm/sparse-refined --threshold 4096 \
             --budgets runs/lm/refined/sparse_attention_config.json &&
-            ev runs/lm/sparse-refined qwen1m-sparse-refined qwen1m sparse_refined_text_lm_h200.json ;;
+            ev runs/lm/sparse-refined qwen1m-sparse-refined qwen1m sparse_refined_text_lm_$G.json ;;
     *) echo "unknown step $s" ;;
     esac
     touch "/tmp/r/done.$s"
