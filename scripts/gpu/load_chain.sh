@@ -20,6 +20,7 @@
 set -u
 R=/tmp/r
 mkdir -p "$R/load-h200" "$R/scheduler-profile" "$R/gpu-tests"
+G=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n1 | grep -o -i -E 'h100|h200' | tr A-Z a-z)
 M1=benchmarks/models/qwen2.5-7b-1m-shape
 M7=benchmarks/models/qwen2.5-7b-shape
 M30=benchmarks/models/qwen3-30b-a3b-instruct-2507-1m-shape
@@ -81,8 +82,8 @@ for s in ${1//,/ }; do
     est-tests)
         timeout 600 python3 -m pytest -q -rP -c /dev/null --rootdir . --noconftest -p no:cacheprovider \
             tests/test_sparse.py tests/test_dca_attention_gpu.py -k "estimate or mixed" \
-            > "$R/gpu-tests/gpu_tests_fp8_estimate_h200.log" 2>&1
-        tail -3 "$R/gpu-tests/gpu_tests_fp8_estimate_h200.log" ;;
+            > "$R/gpu-tests/gpu_tests_fp8_estimate_$G.log" 2>&1
+        tail -3 "$R/gpu-tests/gpu_tests_fp8_estimate_$G.log" ;;
     q3-serve)
         mkdir -p "$R/fp8-1m-h200" && q3_budgets &&
             timeout 900 python3 -m sgl_qwen1m bench serve-smoke --backend qwen1m-sparse --model-1m /tmp/qwen3-sparse \
