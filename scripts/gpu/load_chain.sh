@@ -15,8 +15,11 @@
 #                  (prefill + decode rows) tests against the fp32 oracle (~3 min with FlashInfer's JIT)
 #   q3-serve       issue 14: the README's Qwen3 command (FP8 KV, --context-length 1010000) through launch_server,
 #                  one 1,000,000-token request (serve-smoke; dummy weights; uniform 2357/6055 budgets) (~4 min)
+#   stages-1m      issue 18: GPU time per prefill stage of one 1,000,000-token prompt (7B-1M, -local weights,
+#                  chunk 16384; torch profiler, GPU kernels only; bench stages) (~4 min)
 #   q3-dense512    issue 14: Qwen3-30B-A3B at 512K, FP8 KV, sparse (-local) and dense prefill in one run (~6 min)
-# Results go to /tmp/r/<experiment>/ (load-h200, scheduler-profile, gpu-tests), server logs beside them.
+# Results go to /tmp/r/<experiment>/ (load-h200, scheduler-profile, gpu-tests, speed-<gpu>), server logs beside them.
+# REV=<commit> in the environment labels the stages-1m rows with the tree they measured.
 set -u
 R=/tmp/r
 mkdir -p "$R/load-h200" "$R/scheduler-profile" "$R/gpu-tests"
@@ -84,6 +87,13 @@ for s in ${1//,/ }; do
             tests/test_sparse.py tests/test_dca_attention_gpu.py -k "estimate or mixed" \
             > "$R/gpu-tests/gpu_tests_fp8_estimate_$G.log" 2>&1
         tail -3 "$R/gpu-tests/gpu_tests_fp8_estimate_$G.log" ;;
+    stages-1m)
+        mkdir -p "$R/speed-$G"
+        srv "$R/speed-$G/stages_server.log" "$M1" qwen1m 16384 && local_w "$M1" &&
+            timeout 900 python3 -m sgl_qwen1m bench stages --url "$URL" --long-tokens 1000000 \
+                --backend "qwen1m-sparse$W" --variant "tree-${REV:-unknown}" \
+                --trace-dir /tmp/stages-trace --out "$R/speed-$G/stages_1m_$G.json"
+        stop ;;
     q3-serve)
         mkdir -p "$R/fp8-1m-h200" && q3_budgets &&
             timeout 900 python3 -m sgl_qwen1m bench serve-smoke --backend qwen1m-sparse --model-1m /tmp/qwen3-sparse \

@@ -1,6 +1,6 @@
-"""Arguments of ``python -m sgl_qwen1m bench {e2e,serve-smoke,reliability,ops-decode,ops-sparse,plot,plan}`` and of the
-top-level ``python -m sgl_qwen1m plan`` (the same planner): :func:`register` and :func:`register_plan`, called by
-:mod:`sgl_qwen1m.cli`.
+"""Arguments of ``python -m sgl_qwen1m bench {e2e,serve-smoke,reliability,ops-decode,ops-sparse,plot,plan,load,
+profile,stages}`` and of the top-level ``python -m sgl_qwen1m plan`` (the same planner): :func:`register` and
+:func:`register_plan`, called by :mod:`sgl_qwen1m.cli`.
 ``python -m sgl_qwen1m.bench ...`` is the same command line.
 """
 
@@ -39,6 +39,8 @@ Benchmarks of sgl_qwen1m on SGLang 0.5.17 with dummy weights (random, same shape
                server alive, its KV pool idle and the next request served.
   plot         TTFT vs prompt length with the arithmetic floor, from a results JSON (needs matplotlib).
   plan         FLOP floor and SGLang memory split for given lengths (CPU only).
+  load, profile  the scheduler's benchmarks (chat streams under a long prefill; step-time profile), running server.
+  stages       GPU time per prefill stage of one long prompt (torch-profiler trace of a running server).
 """
 
 _EPILOG = """\
@@ -123,7 +125,7 @@ def register(subparsers: Any) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = ap.add_subparsers(required=True, metavar="{e2e,serve-smoke,reliability,ops-decode,ops-sparse,plot,plan,load,profile}")
+    sub = ap.add_subparsers(required=True, metavar="{e2e,serve-smoke,reliability,ops-decode,ops-sparse,plot,plan,load,profile,stages}")
 
     e = sub.add_parser("e2e", help="TTFT / decode step / peak memory per backend through sgl.Engine (dummy weights)")
     e.add_argument(
@@ -194,9 +196,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("json", nargs="+", help="results files; with several, a row of an earlier file wins on ties")
     p.add_argument("--out", default="", help="PNG path (default: beside the first JSON)")
     p.add_argument("--peak-tflops", type=float, default=800.0)
-    p.add_argument("--kind", choices=["ttft", "runs", "timeline"], default="ttft",
+    p.add_argument("--kind", choices=["ttft", "runs", "timeline", "stages"], default="ttft",
                    help="ttft: TTFT vs length per backend; runs: peak memory / TTFT / decode per model and KV dtype; "
-                        "timeline: one bench load scenario's *.timeline.json")
+                        "timeline: one bench load scenario's *.timeline.json; stages: bench stages files, one bar each")
     p.add_argument("--gpu-gib", type=float, default=0.0, help="runs: draw the GPU's memory as a line (0 = none)")
     p.set_defaults(handler=_run_plot)
 
@@ -204,6 +206,9 @@ def register(subparsers: Any) -> None:
     from .load_cli import register as register_load  # load, profile (the scheduler's benchmarks)
 
     register_load(sub)
+    from .stages import register as register_stages  # GPU time per prefill stage (issue 18)
+
+    register_stages(sub)
 
     from .ops import add_parser as add_ops_parser
     from .ops import run as run_ops
@@ -335,6 +340,13 @@ def _run_plot(ns: argparse.Namespace, argv: list[str]) -> int:
     from .results import Results, merge_rows
 
     out = Path(ns.out) if ns.out else Path(ns.json[0]).with_suffix(".png")
+    if ns.kind == "stages":
+        from .stages import plot_stages
+
+        docs = [(Path(j).stem, json.loads(Path(j).read_text())) for j in ns.json]
+        path = plot_stages(docs, out)
+        print(f"{path} ({path.stat().st_size // 1024} KB)")
+        return 0
     if ns.kind == "timeline":
         from .load import plot_timeline
 
