@@ -132,7 +132,15 @@ def test_eval_longtext_verb_on_the_torch_reference(tmp_path):
     rows = json.loads(res.read_text())["rows"]
     ppl = [r for r in rows if r["metric"] == "perplexity"]
     assert {r["length_multiple"] for r in ppl} == {1, 2} and all(r["model"] == "smoke-lm" for r in rows)
-    assert [r["position_start"] for r in ppl if r["length_multiple"] == 2] == [0, 512, 0]  # 2 buckets + overall
+    assert [r["case"] for r in ppl if r["length_multiple"] == 2] == [
+        "positions 0-512", "positions 512-1024", "whole sequence", "in-length windows"]
+    assert [r["case"] for r in ppl if r["length_multiple"] == 1] == ["whole sequence"]
+    alone = next(r for r in ppl if r["case"] == "in-length windows")
+    assert alone["tokens"] == 2 * 511 and alone["prompt_tokens"] == 1024
+    assert alone["ratio"] == pytest.approx(alone["long_context_value"] / alone["value"])
+    from sgl_qwen1m.bench.results import validate
+
+    assert validate(json.loads(res.read_text())) == []
     acc = [r for r in rows if r["metric"] == "accuracy"]
     assert [(r["task"], r["length_multiple"], r["samples"]) for r in acc] == [("code_retrieval", 1, 1),
                                                                                ("code_retrieval", 2, 1)]

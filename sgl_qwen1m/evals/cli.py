@@ -1,4 +1,4 @@
-"""Arguments of ``python -m sgl_qwen1m demo`` and ``python -m sgl_qwen1m eval {run,agree,longtext}``: :func:`register`.
+"""Arguments of ``python -m sgl_qwen1m demo`` and ``python -m sgl_qwen1m eval {run,agree,longtext,longtext-plot}``: :func:`register`.
 
     python -m sgl_qwen1m demo                         # GPU + SGLang: qwen1m DCA vs flashinfer RoPE at 1x-16x
     python -m sgl_qwen1m demo --device cpu            # pure-torch reference path, small lengths
@@ -27,7 +27,7 @@ from typing import Any
 
 from sgl_qwen1m.args import CommandError, key_value, positive_floats, positive_int
 from sgl_qwen1m.model.spec import BUNDLED_MODEL_DIR
-from sgl_qwen1m.evals import longtext
+from sgl_qwen1m.evals import longtext, longtext_plot
 from sgl_qwen1m.model.tasks import TASKS
 
 __all__ = ["register"]
@@ -66,7 +66,7 @@ def register(subparsers: Any) -> None:
     d.set_defaults(handler=_run_demo)
 
     e = subparsers.add_parser("eval", help="accuracy harness: one backend (run) or an Engine vs the reference (agree)")
-    sub = e.add_subparsers(required=True, metavar="{run,agree,longtext}")
+    sub = e.add_subparsers(required=True, metavar="{run,agree,longtext,longtext-plot}")
     r = sub.add_parser("run", help="accuracy of one backend")
     _common(r)
     r.add_argument("--runner", choices=("torch", "engine", "http"), default="torch")
@@ -75,6 +75,7 @@ def register(subparsers: Any) -> None:
     r.add_argument("--url", default="http://127.0.0.1:30000")
     r.set_defaults(handler=_run_eval, agree=False)
     longtext.register(sub)  # real-text LM: perplexity by position + code retrieval (evals/longtext.py)
+    longtext_plot.register(sub)  # and its figure (evals/longtext_plot.py)
     a = sub.add_parser("agree", help="greedy agreement of an SGLang Engine and the torch reference")
     _common(a)
     a.set_defaults(handler=_run_eval, agree=True)

@@ -78,13 +78,19 @@ def run_longtext(args: argparse.Namespace) -> list[dict[str, Any]]:
                 import torch
 
                 nll = torch.stack([x.double() for x in per_seq]).mean(0)
-                common = {**label, "backend": runner.name, "task": "heldout_text", "length_multiple": m}
-                rows += position_rows(nll, position_edges(n, train_len), **common, sequences=args.ppl_seqs)
+                common = {**label, "backend": runner.name, "task": "heldout_text", "length_multiple": m,
+                          "prompt_tokens": n}
+                edges = position_edges(n, train_len)
+                if len(edges) > 2:  # one window per training length; at 1x the window is the whole sequence
+                    rows += position_rows(nll, edges, **common, sequences=args.ppl_seqs)
                 overall = float(nll.mean())
-                rows.append({"metric": "perplexity", **common, "position_start": 0, "position_end": n,
+                rows.append({"metric": "perplexity", **common, "case": "whole sequence", "position_start": 0,
+                             "position_end": n,
                              "tokens": int(nll.numel()), "sequences": args.ppl_seqs, "nll": overall,
                              "value": math.exp(overall)})
                 print(f"{runner.name} {m:g}x: perplexity {math.exp(overall):.3f}")
+                if len(edges) > 2:
+                    rows.append(_in_length_row(scorer, per_seq, edges, common, docs, n, eos, args))
         if args.skip != "retrieval":
             work = code_samples(tok, docs, args.multiples, args.samples, train_len, seed=args.seed, eos_id=eos)
             for r in aggregate(evaluate_code(runner, work, tok, eos_id=eos)):
@@ -93,6 +99,29 @@ def run_longtext(args: argparse.Namespace) -> list[dict[str, Any]]:
     finally:
         runner.close()
     return rows
+
+
+def _in_length_row(scorer: Any, per_seq: list, edges: list[int], common: dict[str, Any], docs: Any, n: int,
+                   eos: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The same sequences scored one training-length window at a time (each window alone: in-length), against the
+    long-context NLL of the same predicted positions (every window's first token is left out of both: alone it has
+    no context). ``value``: in-length perplexity; ``long_context_value`` and ``ratio`` = long / in-length."""
+    import torch
+
+    from sgl_qwen1m.evals.perplexity import concat_documents
+
+    alone, along = [], []
+    for i, long_nll in enumerate(per_seq):
+        ids = concat_documents(docs, n, seed=args.seed * 1000 + i, eos_id=eos)
+        for a, b in zip(edges[:-1], edges[1:]):
+            if b - a < 2:
+                continue
+            alone.append(scorer.token_nll(ids[a:b]).double())  # positions a+1 .. b-1
+            along.append(long_nll[a:b - 1].double())  # long_nll[t] scores position t + 1
+    short, long_ = float(torch.cat(alone).mean()), float(torch.cat(along).mean())
+    return {"metric": "perplexity", **common, "case": "in-length windows", "position_start": 0, "position_end": n,
+            "tokens": int(sum(x.numel() for x in alone)), "sequences": len(per_seq), "nll": short,
+            "value": math.exp(short), "long_context_value": math.exp(long_), "ratio": math.exp(long_ - short)}
 
 
 def _backends(args: argparse.Namespace, longest: int) -> tuple[Any, Any]:

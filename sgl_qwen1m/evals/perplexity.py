@@ -58,7 +58,8 @@ def position_edges(length: int, bucket: int) -> list[int]:
 def position_rows(nll: torch.Tensor, edges: Sequence[int], **labels: Any) -> list[dict[str, Any]]:
     """Mean NLL and perplexity of the *predicted* positions ``1..N-1`` in each ``[edges[i], edges[i+1])``.
 
-    ``nll[t]`` scores the token at position ``t + 1``; extra keyword arguments are copied into every row.
+    ``nll[t]`` scores the token at position ``t + 1``; extra keyword arguments are copied into every row, and
+    ``case`` (``"positions a-b"``) keys each bucket's row apart in a results file.
     """
     pos = torch.arange(1, nll.shape[0] + 1)
     rows = []
@@ -67,7 +68,8 @@ def position_rows(nll: torch.Tensor, edges: Sequence[int], **labels: Any) -> lis
         if sel.numel() == 0:
             continue
         m = float(sel.mean())
-        rows.append({"metric": "perplexity", **labels, "position_start": a, "position_end": b,
+        rows.append({"metric": "perplexity", **labels, "case": f"positions {a}-{b}", "position_start": a,
+                     "position_end": b,
                      "tokens": int(sel.numel()), "nll": m, "value": math.exp(m)})
     return rows
 
