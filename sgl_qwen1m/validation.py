@@ -47,7 +47,7 @@ SPARSE_CONFIG_FILE = "sparse_attention_config.json"
 SUPPORTED_KV_CACHE_DTYPES = ("auto", "bf16", "bfloat16")
 SUPPORTED_MODEL_DTYPES = ("bfloat16", "float16")
 # FP8 KV: the DCA (FlashInfer) and sparse (Triton) kernels read FP8 K/V with per-tensor scales; GPU-verified against
-# the fp32 oracle on an H200 (benchmarks/results/gpu-tests/gpu_tests_fp8_h200.log).
+# the fp32 oracle on an H200 (benchmarks/results/gpu-tests/gpu_tests_fp8_h200.log.gz).
 FP8_KV_CACHE_DTYPES = ("fp8_e4m3", "fp8_e5m2")
 _REPR_LIMIT = 60
 
