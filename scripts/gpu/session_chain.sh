@@ -11,7 +11,7 @@ if echo "$G" | grep -q H200; then
     bash scripts/gpu/load_chain.sh \
         "${H200_STEPS:-est-tests,q3-serve,q3-dense512,profile,load-policy,load-sglang,stages-1m,load-fi,dense-policy}"
 else
-    bash scripts/gpu/load_chain.sh est-tests
+    [ -n "${PRE_STEPS-est-tests}" ] && bash scripts/gpu/load_chain.sh "${PRE_STEPS-est-tests}"  # PRE_STEPS= skips
     rm -f /tmp/r/chain.done
     bash scripts/gpu/lm_chain.sh "${LM_STEPS:-data,train,dense,rope,refine,sparse-default,sparse-refined}"
 fi
