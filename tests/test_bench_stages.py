@@ -123,3 +123,19 @@ def test_url_path_writes_rows_and_the_stacked_plot(tmp_path, capsys):
     png = tmp_path / "stages.png"
     assert main(["bench", "plot", "--kind", "stages", str(out), str(tmp_path / "again.json"), "--out", str(png)]) == 0
     assert png.stat().st_size > 3000
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--trace", "{tmp}/missing.trace.json.gz"], "No such file"),
+    (["--trace", "{tmp}/not-json.json"], "Expecting value"),
+    (["--trace", "{tmp}/no-kernels.json"], "no GPU kernel events"),
+    (["--url", "http://10.0.0.1:30000"], "loopback"),
+])
+def test_bad_inputs_are_clear_errors(tmp_path, capsys, args, message):
+    from sgl_qwen1m.cli import main
+
+    (tmp_path / "not-json.json").write_text("not json")
+    (tmp_path / "no-kernels.json").write_text(json.dumps({"traceEvents": [{"ph": "X", "cat": "cpu_op"}]}))
+    argv = [a.format(tmp=tmp_path) for a in args]
+    assert main(["bench", "stages", *argv, "--out", str(tmp_path / "s.json")]) == 1
+    assert message in capsys.readouterr().err and not (tmp_path / "s.json").exists()

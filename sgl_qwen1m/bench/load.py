@@ -25,9 +25,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
-from urllib.parse import urlsplit
 
 from .common import make_prompt, sse_chunks
+from .reliability_http import connect
 from .results import Results, command_line
 
 __all__ = ["LoadOptions", "StreamTrace", "percentile", "gap_stats", "stream_generate", "run_load", "timeline_doc",
@@ -88,20 +88,13 @@ def gap_stats(gaps: Sequence[float]) -> dict[str, float]:
             "itl_max_ms": max(gaps) * 1e3}
 
 
-def _connect(base: str, timeout: float) -> http.client.HTTPConnection:
-    u = urlsplit(base)
-    if u.hostname not in ("127.0.0.1", "localhost", "::1"):
-        raise ValueError(f"bench load talks to loopback only, got {base}")
-    return http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
-
-
 def stream_generate(base: str, ids: list[int], new_tokens: int, trace: StreamTrace, stop: threading.Event,
                     timeout_s: float) -> StreamTrace:
     """Streamed ``/generate`` into ``trace`` until the server ends it, ``stop`` is set (the connection is closed:
     SGLang aborts the request) or ``timeout_s`` passes."""
     body = json.dumps({"input_ids": ids, "stream": True, "sampling_params": {
         "max_new_tokens": new_tokens, "temperature": 0.0, "ignore_eos": True}}).encode()
-    conn = _connect(base, timeout_s)
+    conn = connect(base, timeout_s)
     try:
         trace.sent = time.perf_counter()
         conn.request("POST", "/generate", body=body, headers={"Content-Type": "application/json"})

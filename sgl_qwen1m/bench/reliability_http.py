@@ -42,9 +42,10 @@ class Reply:
 
 
 def connect(base: str, timeout: float) -> http.client.HTTPConnection:
+    """A connection to ``base``, which must be on loopback (every bench client talks to a server on this host)."""
     u = urlsplit(base)
     if u.hostname not in ("127.0.0.1", "localhost", "::1"):
-        raise ValueError(f"the reliability suite talks to loopback only, got {base}")
+        raise ValueError(f"bench clients talk to a server on this host (loopback) only, got {base}")
     return http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
 
 

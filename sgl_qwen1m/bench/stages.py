@@ -21,6 +21,7 @@ exceed the busy time only where kernels overlap on several streams.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import re
@@ -44,8 +45,10 @@ STAGES: tuple[tuple[str, str], ...] = (
 _COMPILED = tuple((name, re.compile(pat)) for name, pat in STAGES)
 
 
+@functools.lru_cache(maxsize=None)
 def stage_of(kernel_name: str) -> str:
-    """The stage a CUDA kernel's name belongs to (``other`` when no pattern matches)."""
+    """The stage a CUDA kernel's name belongs to (``other`` when no pattern matches). Cached: a long prefill's trace
+    repeats a few hundred kernel names across its ~10^5 launches."""
     for name, pat in _COMPILED:
         if pat.search(kernel_name):
             return name
@@ -106,16 +109,6 @@ def newest_trace(directory: Union[str, Path], since: float) -> Optional[Path]:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def _post(url: str, path: str, body: dict[str, Any], timeout_s: float) -> str:
-    import urllib.request
-
-    req = urllib.request.Request(url.rstrip("/") + path, data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy
-    with opener.open(req, timeout=timeout_s) as resp:
-        return resp.read().decode(errors="replace")[:500]
-
-
 def profile_long_prompt(url: str, long_tokens: int, trace_dir: str, timeout_s: float) -> tuple[Path, float]:
     """Profile one ``long_tokens`` prompt (one new token) on the server at ``url``; the trace path and its TTFT."""
     import threading
@@ -123,16 +116,22 @@ def profile_long_prompt(url: str, long_tokens: int, trace_dir: str, timeout_s: f
 
     from .common import make_prompt
     from .load import StreamTrace, stream_generate
+    from .reliability_http import post
+
+    def call(path: str, body: dict[str, Any], timeout_s: float) -> None:
+        r = post(url, path, body, timeout_s)
+        if r.status != 200:
+            raise RuntimeError(f"{url}{path}: {r.short()}")
 
     Path(trace_dir).mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    _post(url, "/start_profile", {"output_dir": str(Path(trace_dir).resolve()), "activities": ["GPU"],
-                                  "profile_prefix": f"stages-{long_tokens}"}, 60)
+    call("/start_profile", {"output_dir": str(Path(trace_dir).resolve()), "activities": ["GPU"],
+                            "profile_prefix": f"stages-{long_tokens}"}, 60)
     tr = StreamTrace("long", 0.0)
     try:
         stream_generate(url, make_prompt(long_tokens, seed=3), 1, tr, threading.Event(), timeout_s)
     finally:
-        _post(url, "/stop_profile", {}, 600)
+        call("/stop_profile", {}, 600)
     if tr.error or tr.first_token is None:
         raise RuntimeError(f"the profiled prompt failed: {tr.error or 'no token'}")
     for _ in range(120):  # the scheduler writes the trace after stop_profile returns on some versions
@@ -149,16 +148,16 @@ def write_rows(out: str, events: list[tuple[str, float, float]], backend: str, p
     from .results import Results, command_line
 
     res = Results.open(out, command=command_line(argv), gpu=gpu)
-    summary = stage_summary(events)
+    summary, busy = stage_summary(events), busy_seconds(events)
     for name, s in summary.items():
         res.upsert("stage_ms", backend, prompt_tokens, s["ms"], save=False, case=f"stage:{name}", stage=name,
                    kernels=int(s["kernels"]), share=round(s["share"], 4), **extra)
-    res.upsert("gpu_busy_s", backend, prompt_tokens, busy_seconds(events), save=False, case="stages", **extra)
+    res.upsert("gpu_busy_s", backend, prompt_tokens, busy, save=False, case="stages", **extra)
     if ttft_s is not None:
         res.upsert("ttft_s", backend, prompt_tokens, ttft_s, save=False, case="stages", via="HTTP, profiler on",
                    **extra)
     res.save()
-    return {"stages": summary, "gpu_busy_s": busy_seconds(events), "ttft_s": ttft_s,
+    return {"stages": summary, "gpu_busy_s": busy, "ttft_s": ttft_s,
             "top_other_ms": top_other(events)}
 
 
@@ -180,15 +179,20 @@ def register(sub: Any) -> None:
 
 
 def _run_stages(ns: Any, argv: list[str]) -> int:
+    from sgl_qwen1m.args import CommandError
+
     from .results import gpu_name
 
     ttft = None
     trace = Path(ns.trace) if ns.trace else None
-    if ns.url:
-        trace, ttft = profile_long_prompt(ns.url, ns.long_tokens, ns.trace_dir, ns.timeout_s)
-    events = kernel_events(trace)
+    try:
+        if ns.url:
+            trace, ttft = profile_long_prompt(ns.url, ns.long_tokens, ns.trace_dir, ns.timeout_s)
+        events = kernel_events(trace)
+    except (OSError, ValueError, RuntimeError) as e:  # unreadable trace, not loopback, server refused or failed
+        raise CommandError(f"{trace or ns.url}: {e}") from e
     if not events:
-        raise SystemExit(f"{trace}: no GPU kernel events (was the profile started with activities GPU?)")
+        raise CommandError(f"{trace}: no GPU kernel events (was the profile started with activities GPU?)")
     extra = {"trace": trace.name, **({"variant": ns.variant} if ns.variant else {})}
     out = write_rows(ns.out, events, ns.backend, ns.long_tokens, ttft, argv, gpu_name().split(",")[0].strip(), extra)
     print(json.dumps(out, indent=1))

@@ -73,15 +73,16 @@ def run_longtext(args: argparse.Namespace) -> list[dict[str, Any]]:
         if args.skip != "perplexity":
             for m in args.multiples:
                 n = int(round(m * train_len))
-                per_seq = [scorer.token_nll(concat_documents(docs, n, seed=args.seed * 1000 + i, eos_id=eos))
-                           for i in range(args.ppl_seqs)]
+                seqs = [concat_documents(docs, n, seed=args.seed * 1000 + i, eos_id=eos) for i in range(args.ppl_seqs)]
+                per_seq = [scorer.token_nll(ids) for ids in seqs]
                 import torch
 
                 nll = torch.stack([x.double() for x in per_seq]).mean(0)
                 common = {**label, "backend": runner.name, "task": "heldout_text", "length_multiple": m,
                           "prompt_tokens": n}
                 edges = position_edges(n, train_len)
-                if len(edges) > 2:  # one window per training length; at 1x the window is the whole sequence
+                windows = len(edges) > 2  # one window per training length; at 1x the window is the whole sequence
+                if windows:
                     rows += position_rows(nll, edges, **common, sequences=args.ppl_seqs)
                 overall = float(nll.mean())
                 rows.append({"metric": "perplexity", **common, "case": "whole sequence", "position_start": 0,
@@ -89,8 +90,8 @@ def run_longtext(args: argparse.Namespace) -> list[dict[str, Any]]:
                              "tokens": int(nll.numel()), "sequences": args.ppl_seqs, "nll": overall,
                              "value": math.exp(overall)})
                 print(f"{runner.name} {m:g}x: perplexity {math.exp(overall):.3f}")
-                if len(edges) > 2:
-                    rows.append(_in_length_row(scorer, per_seq, edges, common, docs, n, eos, args))
+                if windows:
+                    rows.append(_in_length_row(scorer, seqs, per_seq, edges, common))
         if args.skip != "retrieval":
             work = code_samples(tok, docs, args.multiples, args.samples, train_len, seed=args.seed, eos_id=eos)
             for r in aggregate(evaluate_code(runner, work, tok, eos_id=eos)):
@@ -101,27 +102,26 @@ def run_longtext(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def _in_length_row(scorer: Any, per_seq: list, edges: list[int], common: dict[str, Any], docs: Any, n: int,
-                   eos: int, args: argparse.Namespace) -> dict[str, Any]:
-    """The same sequences scored one training-length window at a time (each window alone: in-length), against the
-    long-context NLL of the same predicted positions (every window's first token is left out of both: alone it has
-    no context). ``value``: in-length perplexity; ``long_context_value`` and ``ratio`` = long / in-length."""
+def _in_length_row(scorer: Any, seqs: list[list[int]], per_seq: list, edges: list[int],
+                   common: dict[str, Any]) -> dict[str, Any]:
+    """The sequences ``seqs`` (whose long-context NLLs are ``per_seq``) scored one training-length window at a time
+    (each window alone: in-length), against the long-context NLL of the same predicted positions (every window's
+    first token is left out of both: alone it has no context). ``value``: in-length perplexity;
+    ``long_context_value`` and ``ratio`` = long / in-length."""
     import torch
 
-    from sgl_qwen1m.evals.perplexity import concat_documents
-
     alone, along = [], []
-    for i, long_nll in enumerate(per_seq):
-        ids = concat_documents(docs, n, seed=args.seed * 1000 + i, eos_id=eos)
+    for ids, long_nll in zip(seqs, per_seq):
         for a, b in zip(edges[:-1], edges[1:]):
             if b - a < 2:
                 continue
             alone.append(scorer.token_nll(ids[a:b]).double())  # positions a+1 .. b-1
             along.append(long_nll[a:b - 1].double())  # long_nll[t] scores position t + 1
     short, long_ = float(torch.cat(alone).mean()), float(torch.cat(along).mean())
-    return {"metric": "perplexity", **common, "case": "in-length windows", "position_start": 0, "position_end": n,
-            "tokens": int(sum(x.numel() for x in alone)), "sequences": len(per_seq), "nll": short,
-            "value": math.exp(short), "long_context_value": math.exp(long_), "ratio": math.exp(long_ - short)}
+    return {"metric": "perplexity", **common, "case": "in-length windows", "position_start": 0,
+            "position_end": common["prompt_tokens"], "tokens": int(sum(x.numel() for x in alone)),
+            "sequences": len(seqs), "nll": short, "value": math.exp(short), "long_context_value": math.exp(long_),
+            "ratio": math.exp(long_ - short)}
 
 
 def _backends(args: argparse.Namespace, longest: int) -> tuple[Any, Any]:

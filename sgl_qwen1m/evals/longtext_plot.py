@@ -39,7 +39,7 @@ def plot_longtext(paths: Sequence[Union[str, Path]], out: Union[str, Path]) -> P
     from sgl_qwen1m.figures import save_png
 
     rows: list[dict[str, Any]] = []
-    gpu = model = ""
+    gpu = ""
     for p in paths:
         d = json.loads(Path(p).read_text())
         rows += d["rows"]
