@@ -15,9 +15,9 @@ Timing model (plain arithmetic on the cost model's predictions; what a PP=2 run 
 * ``makespan = f[S-1][n-1]`` (the request's prefill time), ``bubble_share = 1 - sum(t) / makespan`` (the share of
   each stage's time spent idle while the request is in the pipe; ``(S - 1) / (n + S - 1)`` for equal chunks).
 
-:func:`equal_time_chunks` finds the largest per-chunk time target that still covers the prompt in a given number of
-chunks and cuts each chunk as large as fits it (the policy's own ``_largest_fit``), so the plan has as many steps as
-the fixed one it is compared with. Equal times always shrink the bubble, but with sparse prefill they can cost more
+:func:`equal_time_chunks` finds the smallest per-chunk time target that still covers the prompt in a given number
+of chunks and cuts each chunk as large as fits it (the policy's own :meth:`StepPolicy.largest_fit`), so the plan has
+as many steps as the fixed one it is compared with. Equal times always shrink the bubble, but with sparse prefill they can cost more
 work than they save: every chunk's estimation pass scores all keys before its end, and larger early chunks move the
 chunk ends later. :func:`best_plan` therefore keeps whichever plan the cost model predicts finishes first.
 """
@@ -88,8 +88,9 @@ def fixed_chunks(prompt: int, chunk: int) -> list[int]:
 def _cover(policy: StepPolicy, prompt: int, target_s: float, max_chunks: int, max_chunk: int) -> list[int]:
     """Greedy plan: each chunk the largest that fits ``target_s`` (whole model); empty if it needs more chunks."""
     out, done = [], 0
+    base = policy.cost.step_work(Step((), ()))  # the step's fixed part
     while done < prompt:
-        c = policy._largest_fit(policy.cost.step_work(Step((), ())), done, min(max_chunk, prompt - done), target_s)
+        c = policy.largest_fit(base, done, min(max_chunk, prompt - done), target_s)
         if c < 1 or len(out) == max_chunks:
             return []
         out.append(c)
@@ -118,7 +119,8 @@ def equal_time_chunks(policy: StepPolicy, prompt: int, n_chunks: int, max_chunk:
     return best
 
 
-def compare_plans(policy: StepPolicy, prompt: int, chunk: int, stages: int, max_chunk: int = 0) -> dict[str, PipelineResult]:
+def compare_plans(policy: StepPolicy, prompt: int, chunk: int, stages: int,
+                  max_chunk: int = 0) -> dict[str, PipelineResult]:
     """Fixed ``chunk``-token chunks against the equal-time plan with the same number of chunks, both on ``stages``
     stages. The equal-time plan's early chunks are larger than ``chunk`` (cheap: short prefix) and its late ones
     smaller; ``max_chunk`` (default ``4 * chunk``) bounds them (activation memory)."""
@@ -132,7 +134,8 @@ def compare_plans(policy: StepPolicy, prompt: int, chunk: int, stages: int, max_
     return out
 
 
-def best_plan(policy: StepPolicy, prompt: int, chunk: int, stages: int, max_chunk: int = 0) -> tuple[str, PipelineResult]:
+def best_plan(policy: StepPolicy, prompt: int, chunk: int, stages: int,
+              max_chunk: int = 0) -> tuple[str, PipelineResult]:
     """The plan of :func:`compare_plans` with the smaller predicted makespan (``"fixed"`` on ties)."""
     res = compare_plans(policy, prompt, chunk, stages, max_chunk)
     name = "equal_time" if res["equal_time"].makespan_s < res["fixed"].makespan_s else "fixed"

@@ -148,7 +148,7 @@ class StepPolicy:
         """Predicted seconds of a whole step."""
         return self.predict_s(self.cost.step_work(step))
 
-    def _largest_fit(self, base: StepWork, prefix: int, limit: int, budget_s: float) -> int:
+    def largest_fit(self, base: StepWork, prefix: int, limit: int, budget_s: float) -> int:
         """Largest ``c <= limit`` whose piece keeps the step within ``budget_s``; 0 if none.
 
         Candidates are ``limit`` and the sizes that end the chunk on a multiple of ``granule`` (so a chunk can end
@@ -191,7 +191,7 @@ class StepPolicy:
             if tokens_left < 1:
                 break
             limit = min(w.remaining, tokens_left)
-            c = self._largest_fit(base, w.done, limit, target) if feasible else 0
+            c = self.largest_fit(base, w.done, limit, target) if feasible else 0
             if c == 0:
                 if not pieces:  # graceful degradation: some progress every step
                     c = min(self.cfg.min_progress_tokens, limit)
