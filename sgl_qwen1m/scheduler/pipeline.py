@@ -17,9 +17,10 @@ Timing model (plain arithmetic on the cost model's predictions; what a PP=2 run 
 
 :func:`equal_time_chunks` finds the smallest per-chunk time target that still covers the prompt in a given number
 of chunks and cuts each chunk as large as fits it (the policy's own :meth:`StepPolicy.largest_fit`), so the plan has
-as many steps as the fixed one it is compared with. Equal times always shrink the bubble, but with sparse prefill they can cost more
-work than they save: every chunk's estimation pass scores all keys before its end, and larger early chunks move the
-chunk ends later. :func:`best_plan` therefore keeps whichever plan the cost model predicts finishes first.
+as many steps as the fixed one it is compared with. Equal times always shrink the bubble, but with sparse prefill
+they can cost more work than they save: every chunk's estimation pass scores all keys before its end, and larger
+early chunks move the chunk ends later. :func:`best_plan` therefore keeps whichever plan the cost model predicts
+finishes first.
 """
 
 from __future__ import annotations
