@@ -43,7 +43,7 @@ def _diag_loop(q, scale, m, l, acc, lo, hi, dg, rb, rows, qend, R2T, pool, s_r2t
                BN: tl.constexpr, D: tl.constexpr):
     """Block diagonals ``dg[lo:hi]`` of row block ``rb``: one ``BN``-key tile each (causally masked).
 
-    Measured and dropped (benchmarks/results/sparse-ab-h100/attn_variants_h100.log): running the tiles left of the row block
+    Measured and dropped (benchmarks/results/sparse-ab-h100/attn_variants_h100.log.gz): running the tiles left of the row block
     without the mask, and walking the leading band as 128-key tiles, were slower or within noise end to end."""
     for t in range(lo, hi):
         dd = tl.load(dg + t)
