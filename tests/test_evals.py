@@ -21,6 +21,8 @@ from sgl_qwen1m.evals.harness import (
     format_table,
     make_samples,
     prompt_length,
+    read_records,
+    write_records,
     write_results,
 )
 from sgl_qwen1m.evals.runners import EOS_ID, HttpRunner, TorchRunner
@@ -123,8 +125,12 @@ def test_evaluate_aggregate_agreement_and_results(tmp_path: Path) -> None:
     assert agreement_rows(good, bad)[-1]["value"] == 0.0
     table = format_table(rows, ["good", "bad"])
     assert "100.0 %" in table and "0.0 %" in table
-    doc = json.loads(write_results(tmp_path / "r.json", rows, "cmd", good).read_text())
-    assert set(doc) >= {"command", "gpu", "versions", "date", "rows"} and doc["records"][0]["score"] == 1.0
+    path = write_results(tmp_path / "r.json", rows, "cmd", good)
+    doc = json.loads(path.read_text())
+    assert set(doc) >= {"command", "gpu", "versions", "date", "rows"} and doc["records_file"] == "r.records.json.gz"
+    recs = read_records(path)
+    assert len(recs) == len(good) and recs[0]["score"] == 1.0 and recs[0]["backend"] == "good"
+    assert (tmp_path / "r.records.json.gz").read_bytes() == write_records(tmp_path / "s.json", recs).read_bytes()
 
 
 def test_http_runner_posts_input_ids() -> None:

@@ -222,9 +222,10 @@ class Results:
         """Atomic rewrite: a reader never sees half a file."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
+        from sgl_qwen1m.jsonout import dumps
+
         with open(tmp, "w") as f:
-            json.dump(self.data, f, indent=1, sort_keys=False)
-            f.write("\n")
+            f.write(dumps(self.data) + "\n")
         os.replace(tmp, self.path)
 
     @staticmethod

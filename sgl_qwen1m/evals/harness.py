@@ -24,6 +24,8 @@ from sgl_qwen1m.evals.runners import EOS_ID, Runner
 from sgl_qwen1m.model.tasks import Sample, TaskBuilder, score_output
 
 __all__ = [
+    "write_records",
+    "read_records",
     "RESERVE",
     "Record",
     "prompt_length",
@@ -201,7 +203,9 @@ def environment() -> dict[str, Any]:
 def write_results(
     path: Union[str, Path], rows: Sequence[dict[str, Any]], command: str, records: Optional[Sequence[Record]] = None
 ) -> Path:
-    """Write ``{"command", "gpu", "versions", "date", "rows"}`` (plus per-prompt ``records`` if given)."""
+    """Write ``{"command", "gpu", "versions", "date", "rows"}``; per-prompt ``records`` (if given) go to
+    ``<name>.records.json.gz`` beside it (gzip, ``zcat`` reads it; the tree has a size budget), named by the
+    document's ``records_file``. :func:`read_records` reads them back."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {
@@ -210,10 +214,38 @@ def write_results(
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "rows": list(rows),
     }
+    from sgl_qwen1m.jsonout import dumps
+
     if records is not None:
-        doc["records"] = [asdict(r) for r in records]
-    out.write_text(json.dumps(doc, indent=1) + "\n")
+        doc["records_file"] = write_records(out, [asdict(r) for r in records]).name
+    out.write_text(dumps(doc) + "\n")
     return out
+
+
+def write_records(results_path: Union[str, Path], records: Sequence[dict[str, Any]]) -> Path:
+    """``records`` as gzip-compressed JSON at ``<results stem>.records.json.gz`` (fixed mtime: same bytes for the
+    same records)."""
+    import gzip
+
+    from sgl_qwen1m.jsonout import dumps
+
+    p = Path(results_path)
+    rp = p.with_name(p.stem + ".records.json.gz")
+    rp.write_bytes(gzip.compress((dumps(list(records)) + "\n").encode(), mtime=0))
+    return rp
+
+
+def read_records(results_path: Union[str, Path]) -> list[dict[str, Any]]:
+    """Per-prompt records of a results file: its ``records_file`` (or an inline ``records`` list)."""
+    import gzip
+
+    p = Path(results_path)
+    doc = json.loads(p.read_text())
+    if "records" in doc:
+        return list(doc["records"])
+    if "records_file" not in doc:
+        raise ValueError(f"{p} has no per-prompt records")
+    return json.loads(gzip.decompress((p.parent / doc["records_file"]).read_bytes()))
 
 
 def reference_accuracy(

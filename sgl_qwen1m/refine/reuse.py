@@ -41,10 +41,11 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from sgl_qwen1m.jsonout import dumps
 from sgl_qwen1m.ops.sparse.reuse import estimation_anchors, estimation_work
 from sgl_qwen1m.refine.reuse_prefill import chunked_sparse_prefill, serving_pieces
 
-__all__ = ["Setup", "load_model", "passkey_samples", "schedules", "run_experiment", "dumps", "main"]
+__all__ = ["Setup", "load_model", "passkey_samples", "schedules", "run_experiment", "main"]
 
 RESERVE = 40  # tokens the eval harness keeps free for the answer (evals.harness.RESERVE; refine never imports evals)
 BACKEND = "qwen1m-sparse"
@@ -290,20 +291,6 @@ def _document(ns: argparse.Namespace, rows: list, records: list, checks: list, n
     return {"command": "python -m sgl_qwen1m.refine.reuse " + " ".join(ns.argv), "gpu": "cpu", "versions": versions,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "note": note, "rows": rows,
             "oracle_check": checks, "records": records}
-
-
-def dumps(obj: Any, indent: int = 0, width: int = 200) -> str:
-    """JSON with every object or list that fits in ``width`` characters on one line (records one per line, as the
-    committed passkey files; the tree has a size budget), the rest indented by one space per level."""
-    flat = json.dumps(obj, separators=(",", ":"))
-    if not isinstance(obj, (dict, list)) or len(flat) + indent <= width or not obj:
-        return flat
-    pad = " " * (indent + 1)
-    if isinstance(obj, dict):
-        items = [f"{pad}{json.dumps(k)}: {dumps(v, indent + 1, width)}" for k, v in obj.items()]
-        return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
-    items = [pad + dumps(v, indent + 1, width) for v in obj]
-    return "[\n" + ",\n".join(items) + "\n" + " " * indent + "]"
 
 
 def _ints(text: str) -> list[int]:

@@ -131,7 +131,9 @@ def write_outputs(refined: SparseBudgets, report: dict[str, Any], out: Union[str
     out.write_text(json.dumps(refined.to_list()) + "\n")
     SparseBudgets.from_json(out, refined.num_layers, refined.num_heads)  # fails loudly if not loadable
     rp = Path(report_path) if report_path else out.with_name(out.stem + ".report.json")
-    rp.write_text(json.dumps(report, indent=1) + "\n")
+    from sgl_qwen1m.jsonout import dumps
+
+    rp.write_text(dumps(report) + "\n")
     return out, rp
 
 
