@@ -98,6 +98,12 @@ def test_code_retrieval_prompts_and_scoring(code):
     assert score_code(s, f'{s.answers[0]}"\n') == 1.0 and score_code(s, f' {s.answers[0]} "') == 1.0
     assert score_code(s, f'{s.answers[0]}0"') == 0.0 and score_code(s, "") == 0.0
 
+    r = make_code_sample(tok, docs, 700, random.Random(0), depth=0.5, style="restate")
+    assert (r.name, r.answers, r.task) == (s.name, s.answers, "code_retrieval_restate") and len(r.prompt_ids) == 700
+    assert tok.decode(list(r.prompt_ids)).endswith(f'\n\n{r.name} = "')
+    with pytest.raises(ValueError, match="unknown retrieval style 'ask'"):
+        make_code_sample(tok, docs, 700, random.Random(0), style="ask")
+
     samples = code_samples(tok, docs, [1, 2], 2, 512, seed=3)
     assert [len(x.prompt_ids) for _, x in samples] == [472, 472, 984, 984]
     assert samples == code_samples(tok, docs, [1, 2], 2, 512, seed=3)
@@ -142,5 +148,13 @@ def test_eval_longtext_verb_on_the_torch_reference(tmp_path):
 
     assert validate(json.loads(res.read_text())) == []
     acc = [r for r in rows if r["metric"] == "accuracy"]
-    assert [(r["task"], r["length_multiple"], r["samples"]) for r in acc] == [("code_retrieval", 1, 1),
-                                                                               ("code_retrieval", 2, 1)]
+    assert [(r["task"], r["length_multiple"], r["samples"]) for r in acc] == [
+        ("code_retrieval", 1, 1), ("code_retrieval", 2, 1), ("code_retrieval_restate", 1, 1),
+        ("code_retrieval_restate", 2, 1)]
+    from sgl_qwen1m.evals.harness import read_records
+
+    recs = read_records(res)
+    assert [(r["task"], r["length_multiple"]) for r in recs] == [(r["task"], r["length_multiple"]) for r in acc]
+    assert all(r["score"] == float(r["output_text"].split('"', 1)[0].strip() == r["answers"][0]) for r in recs)
+    with pytest.raises(SystemExit):
+        main(["eval", "longtext", "--model", str(out), "--data", str(data), "--retrieval-styles", "ask"])

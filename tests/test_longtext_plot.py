@@ -31,3 +31,26 @@ def test_plot_renders(tmp_path):
     files = [str(RES / f) for f in ("dense_text_lm_h100.json", "rope_text_lm_h100.json")]
     assert main(["eval", "longtext-plot", *files, "--out", str(out)]) == 0
     assert out.stat().st_size > 5000
+
+
+def test_merge_keeps_every_row_once_and_names_each_run(tmp_path):
+    from sgl_qwen1m.cli import main
+    from sgl_qwen1m.evals.longtext_plot import in_length_rows, merge_longtext
+
+    files = [RES / f for f in ("dense_text_lm_h100.json", "rope_text_lm_h100.json")]
+    docs = [json.loads(f.read_text()) for f in files]
+    doc = merge_longtext(files, "bash scripts/gpu/lm_chain.sh dense,rope")
+    assert doc["rows"] == docs[0]["rows"] + docs[1]["rows"] and doc["command"].startswith("bash scripts/gpu")
+    assert [r["command"] for r in doc["runs"]] == [d["command"] for d in docs]
+    with pytest.raises(ValueError, match="qwen1m-dense"):
+        merge_longtext([files[0], files[0]], "x")
+    row = {"metric": "perplexity", "backend": "b", "length_multiple": 8, "case": "in-length windows", "value": 7.0,
+           "position_start": 0, "position_end": 16384, "prompt_tokens": 16384}
+    whole = dict(row, case="whole sequence", value=6.5)
+    assert in_length_rows([row, whole]) == {"b": {8.0: row}}
+    assert whole_sequence_rows([row, whole]) == {"b": {8.0: 6.5}}  # never the in-length row
+    pytest.importorskip("matplotlib")
+    out, merged = tmp_path / "p.png", tmp_path / "all.json"
+    assert main(["eval", "longtext-plot", *map(str, files), "--out", str(out), "--merge-out", str(merged),
+                 "--command", "cmd"]) == 0
+    assert json.loads(merged.read_text())["command"] == "cmd" and out.exists()

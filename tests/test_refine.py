@@ -150,3 +150,33 @@ def test_calibration_windows_from_a_token_stream_and_clear_errors(tmp_path):
         load_calibration(str(tmp_path / "b.json"), 50)
     with pytest.raises(FileNotFoundError, match="matches no file"):
         load_calibration(str(tmp_path / "*.txt"), 5)
+
+
+def test_score_maps_log_bins_and_the_refine_maps_file(tmp_path):
+    import gzip
+
+    from sgl_qwen1m.cli import main
+    from sgl_qwen1m.refine.maps import log_bin_edges, log_binned
+
+    assert log_bin_edges(1) == [0, 1] and log_bin_edges(5) == [0, 1, 2, 4, 5] and log_bin_edges(8)[-2:] == [4, 8]
+    x = torch.arange(10.0).repeat(2, 1)
+    b = log_binned(x, log_bin_edges(10))  # bins [0], [1], [2,3], [4..7], [8,9] of 0..9 (sum 45)
+    assert torch.allclose(b[0], torch.tensor([0, 1, 5, 22, 17]) / 45.0)
+    with pytest.raises(ValueError, match="length must be >= 1"):
+        log_bin_edges(0)
+
+    train_len = train_length(json.loads((BUNDLED_MODEL_DIR / "config.json").read_text()))
+    length = 2 * train_len
+    calib = TaskBuilder().make("passkey", length, random.Random(3))
+    path = tmp_path / "calib.json"
+    path.write_text(json.dumps(list(calib.prompt_ids)))
+    maps_path = tmp_path / "maps.json.gz"
+    assert main(["refine", "--calib", str(path), "--length", str(length), "--out", str(tmp_path / "b.json"),
+                 "--layers", "0,2", "--random-rows", "16", "--device", "cpu", "--maps", str(maps_path)]) == 0
+    doc = json.loads(gzip.decompress(maps_path.read_bytes()))
+    assert doc["prompt_tokens"] == length and doc["bin_edges"] == log_bin_edges(length)
+    assert [m["layer"] for m in doc["layers"]] == [0, 2]
+    for m in doc["layers"]:
+        for kind in ("vertical", "slash"):
+            assert len(m[kind]) == 2 and all(len(r) == len(doc["bin_edges"]) - 1 for r in m[kind])
+            assert all(abs(sum(r) - 1) < 2e-3 and min(r) >= 0 for r in m[kind])

@@ -3,8 +3,13 @@
 # `setsid nohup bash scripts/gpu/lm_chain.sh STEPS ... &` then `bash scripts/gpu/fp8_chain.sh --wait 575` per call).
 # The commands are those of docs/text-lm-and-refinement.md; runs/ stays on the warm machine between calls.
 #
-# STEPS (comma list, in this order): data, train, dense, rope, refine, sparse-default, sparse-refined.
-# Results: /tmp/r/text-lm-<gpu>/*_<gpu>.json (+ the training log, data manifest and the refined budgets).
+# STEPS (comma list, run in the order given): data, train, dense, rope, refine, sparse-refined, sparse-start,
+# sparse-default, work.
+#   sparse-start: the budgets refinement starts from (128 vertical / 256 slash per head: the "unrefined" row);
+#   sparse-default: MInference's defaults (1000 / 6096), near-dense at 2K-64K;
+#   work: share of dense causal work the sparse kernel computes, real attention vs the dummy-weight proxies.
+# Results: /tmp/r/text-lm-<gpu>/*_<gpu>.json (+ the training log, data manifest, refined budgets, report and maps).
+# eval longtext-plot --merge-out joins the eval files into one results file afterwards (docs/text-lm-and-refinement.md).
 set -u
 G=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n1 | grep -o -i -E 'h100|h200' | tr A-Z a-z)
 G=${G:-gpu}
@@ -33,11 +38,22 @@ for s in ${1//,/ }; do
             ev runs/lm/rope flashinfer-rope flashinfer rope_text_lm_$G.json ;;
     refine)
         timeout 1200 python3 -m sgl_qwen1m refine --model "$M" --calib "$D/train.bin" --length 32768 --num-seqs 2 \
-            --target 0.95 --out runs/lm/refined/sparse_attention_config.json --device cuda 2>&1 | tee "$R/refine_$G.log"
+            --target 0.95 --out runs/lm/refined/sparse_attention_config.json --device cuda \
+            --maps "$R/maps_32k_$G.json.gz" 2>&1 | tee "$R/refine_$G.log"
         cp runs/lm/refined/* "$R/" 2>/dev/null ;;
+    sparse-start)
+        python3 -m sgl_qwen1m model export-sparse-variant --model "$M" --out runs/lm/sparse-start --threshold 4096 \
+            --vertical 128 --slash 256 && ev runs/lm/sparse-start qwen1m-sparse-start qwen1m sparse_start_text_lm_$G.json ;;
     sparse-default)
         python3 -m sgl_qwen1m model export-sparse-variant --model "$M" --out runs/lm/sparse-default --threshold 4096 \
             --vertical 1000 --slash 6096 && ev runs/lm/sparse-default qwen1m-sparse qwen1m sparse_default_text_lm_$G.json ;;
+    work)
+        timeout 900 python3 -m sgl_qwen1m sparse-work --model "$M" --budgets runs/lm/refined/sparse_attention_config.json \
+            --calib "$D/heldout.bin" --num-seqs 1 --lengths 32768,65536 --proxy local,uniform --model-name text-lm \
+            --backend-name qwen1m-sparse-refined \
+            --proxy-shape benchmarks/models/qwen2.5-7b-1m-shape \
+            --proxy-budgets benchmarks/models/qwen2.5-7b-1m-shape/sparse_attention_config.json \
+            --device cuda --out "$R/work_text_lm_$G.json" 2>&1 | tee "$R/work_$G.log" ;;
     sparse-refined)
         python3 -m sgl_qwen1m model export-sparse-variant --model "$M" --out runs/lm/sparse-refined --threshold 4096 \
             --budgets runs/lm/refined/sparse_attention_config.json &&

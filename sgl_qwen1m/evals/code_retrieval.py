@@ -9,6 +9,12 @@ Prompt (ids, exactly ``prompt_len`` of them)::
 
     assert SOME_UNIQUE_NAME == "            <- the query; the model should continue with 482913"
 
+Two query styles (:data:`STYLES`): ``assert`` (above, task ``code_retrieval``) asks with a different statement, so
+the first digit needs a match on the name alone; ``restate`` (task ``code_retrieval_restate``) ends the prompt
+with the needle's own opening, ``\n\nSOME_UNIQUE_NAME = "``, as passkey retrieval restates "The pass key is": the
+value follows by copying (induction) once the line is found. Both styles draw the same haystack seeds, names
+and values.
+
 The name is two upper-case words and a number (never in the haystack: checked), the value six digits (one token
 per digit under Qwen's split rule). Scoring: exact match of the text before the first ``"`` of the continuation.
 Samples run through any :class:`sgl_qwen1m.evals.runners.Runner` (token ids in, greedy ids out).
@@ -24,9 +30,11 @@ from sgl_qwen1m.evals.harness import Record, prompt_length
 from sgl_qwen1m.evals.perplexity import concat_documents
 from sgl_qwen1m.evals.runners import Runner
 
-__all__ = ["TASK", "CodeSample", "make_code_sample", "code_samples", "score_code", "evaluate_code"]
+__all__ = ["TASK", "STYLES", "CodeSample", "make_code_sample", "code_samples", "score_code", "evaluate_code"]
 
 TASK = "code_retrieval"
+STYLES = {"assert": TASK, "restate": TASK + "_restate"}  # query style -> task name
+_QUERY = {"assert": '\n\nassert {name} == "', "restate": '\n\n{name} = "'}
 _WORDS = ("CACHE", "LIMIT", "BUFFER", "TIMEOUT", "RETRY", "SHARD", "WORKER", "QUEUE", "TOKEN", "BATCH", "SEED",
           "STRIDE", "WINDOW", "BUDGET", "OFFSET", "MARGIN", "PREFIX", "SUFFIX", "ANCHOR", "VECTOR")
 
@@ -57,15 +65,19 @@ def make_code_sample(
     depth: Optional[float] = None,
     newline_ids: Optional[set[int]] = None,
     eos_id: int = 0,
+    style: str = "assert",
 ) -> CodeSample:
-    """One prompt of exactly ``prompt_len`` ids; ``depth`` in [0, 1] (default uniform in [0.05, 0.95])."""
+    """One prompt of exactly ``prompt_len`` ids; ``depth`` in [0, 1] (default uniform in [0.05, 0.95]); ``style``
+    one of :data:`STYLES`."""
+    if style not in STYLES:
+        raise ValueError(f"unknown retrieval style {style!r}; choose from {', '.join(STYLES)}")
     depth = rng.uniform(0.05, 0.95) if depth is None else depth
     value = str(rng.randrange(100000, 1000000))
     hay_seed = rng.randrange(1 << 30)
     for _ in range(20):
         name = f"{rng.choice(_WORDS)}_{rng.choice(_WORDS)}_{rng.randrange(10, 100)}"
         needle = tokenizer.encode(f'{name} = "{value}"\n', add_special_tokens=False).ids
-        query = tokenizer.encode(f'\n\nassert {name} == "', add_special_tokens=False).ids
+        query = tokenizer.encode(_QUERY[style].format(name=name), add_special_tokens=False).ids
         n_hay = prompt_len - len(needle) - len(query)
         if n_hay <= 0:
             raise ValueError(f"prompt_len {prompt_len} is too short for the needle and query")
@@ -79,22 +91,24 @@ def make_code_sample(
     while at < n_hay and at > 0 and hay[at - 1] not in nl and hay[at - 1] != eos_id:
         at += 1  # start the needle on a line of its own
     ids = hay[:at] + needle + hay[at:] + query
-    return CodeSample(TASK, tuple(ids), (value,), name, at / prompt_len)
+    return CodeSample(STYLES[style], tuple(ids), (value,), name, at / prompt_len)
 
 
 def code_samples(
     tokenizer: Any, docs: Sequence[Sequence[int]], multiples: Sequence[float], samples: int, train_len: int,
-    seed: int = 0, eos_id: int = 0,
+    seed: int = 0, eos_id: int = 0, styles: Sequence[str] = ("assert",),
 ) -> list[tuple[float, CodeSample]]:
-    """``samples`` prompts per length multiple (``harness.prompt_length``), depths spread evenly, seeded."""
+    """``samples`` prompts per length multiple (``harness.prompt_length``) and style, depths spread evenly, seeded
+    (every style draws the same haystack seeds, names and values)."""
     nl = _newline_ends(tokenizer)
     out = []
-    for m in multiples:
-        rng = random.Random(f"{seed}/{TASK}/{m}")
-        n = prompt_length(m, train_len)
-        for i in range(samples):
-            depth = 0.05 + 0.9 * (i + 0.5) / samples
-            out.append((m, make_code_sample(tokenizer, docs, n, rng, depth, nl, eos_id)))
+    for style in styles:
+        for m in multiples:
+            rng = random.Random(f"{seed}/{TASK}/{m}")
+            n = prompt_length(m, train_len)
+            for i in range(samples):
+                depth = 0.05 + 0.9 * (i + 0.5) / samples
+                out.append((m, make_code_sample(tokenizer, docs, n, rng, depth, nl, eos_id, style)))
     return out
 
 

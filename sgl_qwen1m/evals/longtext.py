@@ -10,7 +10,9 @@ training length, through the torch reference, an ``sglang.Engine`` or a running 
         --attention-backend qwen1m --backend-name qwen1m-dense --multiples 1,2,4,8,16,32 --out ...
 
 Rows: ``perplexity`` per position bucket (one training length wide) and overall, per multiple, on held-out
-documents concatenated to the length (``--ppl-seqs`` sequences, seeded); ``accuracy`` of ``code_retrieval``; all
+documents concatenated to the length (``--ppl-seqs`` sequences, seeded), and the same sequences scored one training
+length at a time (``case`` "in-length windows", the content-matched in-length baseline); ``accuracy`` of
+``code_retrieval`` and ``code_retrieval_restate`` (``--retrieval-styles``; per-prompt records beside ``--out``); all
 labelled with ``model`` (``--model-name``), ``backend``, ``task``, ``length_multiple``.
 """
 
@@ -20,7 +22,7 @@ import argparse
 import math
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 __all__ = ["register", "run_longtext"]
 
@@ -43,7 +45,9 @@ def register(sub: Any) -> None:
     p.add_argument("--engine-arg", type=key_value, action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--url", default="http://127.0.0.1:30000")
     p.add_argument("--multiples", type=positive_floats, default=[1.0, 2.0, 4.0])
-    p.add_argument("--samples", type=positive_int, default=20, help="code-retrieval prompts per multiple")
+    p.add_argument("--samples", type=positive_int, default=20, help="code-retrieval prompts per multiple and style")
+    p.add_argument("--retrieval-styles", type=_styles, default=["assert", "restate"],
+                   help="code-retrieval query styles, comma list of assert,restate (evals/code_retrieval.py)")
     p.add_argument("--ppl-seqs", type=positive_int, default=4, help="perplexity sequences per multiple")
     p.add_argument("--skip", choices=("perplexity", "retrieval"), default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -51,8 +55,19 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=_run)
 
 
-def run_longtext(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Rows for every multiple (see the module docstring)."""
+def _styles(text: str) -> list[str]:
+    from sgl_qwen1m.evals.code_retrieval import STYLES
+
+    out = [x for x in text.split(",") if x]
+    bad = [x for x in out if x not in STYLES]
+    if bad or not out:
+        raise argparse.ArgumentTypeError(f"retrieval styles {text!r}: choose from {', '.join(STYLES)}")
+    return out
+
+
+def run_longtext(args: argparse.Namespace, records: Optional[list] = None) -> list[dict[str, Any]]:
+    """Rows for every multiple (see the module docstring); per-prompt retrieval records are appended to
+    ``records`` if given."""
     from tokenizers import Tokenizer
 
     from sgl_qwen1m.evals.code_retrieval import code_samples, evaluate_code
@@ -93,10 +108,14 @@ def run_longtext(args: argparse.Namespace) -> list[dict[str, Any]]:
                 if windows:
                     rows.append(_in_length_row(scorer, seqs, per_seq, edges, common))
         if args.skip != "retrieval":
-            work = code_samples(tok, docs, args.multiples, args.samples, train_len, seed=args.seed, eos_id=eos)
-            for r in aggregate(evaluate_code(runner, work, tok, eos_id=eos)):
+            work = code_samples(tok, docs, args.multiples, args.samples, train_len, seed=args.seed, eos_id=eos,
+                                styles=args.retrieval_styles)
+            recs = evaluate_code(runner, work, tok, eos_id=eos)
+            if records is not None:
+                records += recs
+            for r in aggregate(recs):
                 rows.append({**label, **r})
-                print(f"{runner.name} {r['length_multiple']:g}x: code retrieval {r['value']:.3f}")
+                print(f"{runner.name} {r['length_multiple']:g}x: {r['task']} {r['value']:.3f}")
     finally:
         runner.close()
     return rows
@@ -147,8 +166,9 @@ def _backends(args: argparse.Namespace, longest: int) -> tuple[Any, Any]:
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from sgl_qwen1m.evals.harness import write_results
 
-    rows = run_longtext(args)
+    records: list = []
+    rows = run_longtext(args, records)
     if args.out:
         cmd = "python -m sgl_qwen1m eval " + shlex.join(argv)
-        print(f"wrote {write_results(args.out, rows, cmd)}")
+        print(f"wrote {write_results(args.out, rows, cmd, records or None)}")
     return 0

@@ -1,6 +1,7 @@
 """``python -m sgl_qwen1m eval longtext-plot FILE.json [FILE.json ...] --out PNG``: one figure of ``eval longtext``
 results, one line per backend: perplexity of the whole sequence (positions ``0..L``) against the length multiple,
-with the in-length perplexity (1x) as a dashed line, and code-retrieval accuracy against the multiple.
+with the same text scored in training-length windows (``in-length windows``) dotted, and code-retrieval accuracy
+(every task) against the multiple. ``--merge-out`` also writes one results file of all the rows.
 Reads the rows only; draws nothing that is not in them. Needs matplotlib.
 """
 
@@ -10,7 +11,38 @@ import json
 from pathlib import Path
 from typing import Any, Sequence, Union
 
-__all__ = ["whole_sequence_rows", "plot_longtext", "register"]
+__all__ = ["IN_LENGTH", "whole_sequence_rows", "in_length_rows", "merge_longtext", "plot_longtext", "register"]
+
+IN_LENGTH = "in-length windows"  # eval longtext's content-matched in-length row
+
+
+def in_length_rows(rows: Sequence[dict[str, Any]]) -> dict[str, dict[float, dict[str, Any]]]:
+    """``{backend: {multiple: row}}`` of the "in-length windows" rows (the same sequences scored one training
+    length at a time; ``ratio`` = long-context / in-length perplexity of the same predicted tokens)."""
+    out: dict[str, dict[float, dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("metric") == "perplexity" and r.get("case") == IN_LENGTH and r.get("value") is not None:
+            out.setdefault(r["backend"], {})[float(r["length_multiple"])] = r
+    return out
+
+
+def merge_longtext(paths: Sequence[Union[str, Path]], command: str) -> dict[str, Any]:
+    """One results document with the rows of every ``eval longtext`` file in ``paths`` (each backend once),
+    ``command`` the command that made them all, and ``runs`` the command, date and GPU of each file."""
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    if not docs:
+        raise ValueError("merge_longtext: no results files given")
+    rows, seen = [], set()
+    for p, d in zip(paths, docs):
+        backends = {r["backend"] for r in d["rows"]}
+        if backends & seen:
+            raise ValueError(f"{p}: backend(s) {sorted(backends & seen)} already came from another file")
+        seen |= backends
+        rows += d["rows"]
+    runs = [{"file": Path(p).name, "command": d.get("command"), "date": d.get("date"), "gpu": d.get("gpu")}
+            for p, d in zip(paths, docs)]
+    return {"command": command, "gpu": docs[0].get("gpu"), "versions": docs[0].get("versions"),
+            "date": max(str(d.get("date", "")) for d in docs), "runs": runs, "rows": rows}
 
 
 def whole_sequence_rows(rows: Sequence[dict[str, Any]]) -> dict[str, dict[float, float]]:
@@ -18,7 +50,8 @@ def whole_sequence_rows(rows: Sequence[dict[str, Any]]) -> dict[str, dict[float,
     widest ``position_end`` of their multiple)."""
     widest: dict[tuple[str, float], dict[str, Any]] = {}
     for r in rows:
-        if r.get("metric") != "perplexity" or r.get("position_start", 0) != 0 or r.get("value") is None:
+        if (r.get("metric") != "perplexity" or r.get("position_start", 0) != 0 or r.get("value") is None
+                or r.get("case") == IN_LENGTH):
             continue
         key = (r["backend"], float(r["length_multiple"]))
         if key not in widest or r.get("position_end", 0) > widest[key].get("position_end", 0):
@@ -47,24 +80,33 @@ def plot_longtext(paths: Sequence[Union[str, Path]], out: Union[str, Path]) -> P
     model = next((str(r["model"]) for r in rows if r.get("model")), "")
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     ppl = whole_sequence_rows(rows)
+    alone = in_length_rows(rows)
     for i, (backend, by_m) in enumerate(ppl.items()):
         ms = sorted(by_m)
         a1.plot(ms, [by_m[m] for m in ms], marker="o", ms=3, color=f"C{i}", label=backend)
-        if 1.0 in by_m:
-            a1.axhline(by_m[1.0], color=f"C{i}", lw=0.6, ls="--")
+        if alone.get(backend):
+            am = sorted(alone[backend])
+            a1.plot(am, [alone[backend][m]["value"] for m in am], marker="x", ms=4, lw=0.8, ls=":", color=f"C{i}",
+                    label=f"{backend}: same text, in-length windows")
     a1.set(xscale="log", yscale="log", xlabel="prompt length / training length",
            ylabel="perplexity of the whole sequence")
     a1.set_xticks([m for m in sorted({m for b in ppl.values() for m in b})])
     a1.get_xaxis().set_major_formatter(matplotlib.ticker.FormatStrFormatter("%gx"))
     a1.legend(fontsize=7)
-    acc: dict[str, dict[float, float]] = {}
+    acc: dict[tuple[str, str], dict[float, float]] = {}
     for r in rows:
         if r.get("metric") == "accuracy" and r.get("value") is not None:
-            acc.setdefault(r["backend"], {})[float(r["length_multiple"])] = float(r["value"])
+            acc.setdefault((r["backend"], str(r.get("task", ""))), {})[float(r["length_multiple"])] = float(r["value"])
+    tasks = sorted({t for _, t in acc})
     for i, backend in enumerate(ppl):
-        if backend in acc:
-            ms = sorted(acc[backend])
-            a2.plot(ms, [acc[backend][m] for m in ms], marker="o", ms=3, color=f"C{i}", label=backend)
+        for j, task in enumerate(tasks):
+            if (backend, task) in acc:
+                by_m = acc[(backend, task)]
+                ms = sorted(by_m)
+                a2.plot(ms, [by_m[m] for m in ms], marker="os^v"[j % 4], ms=3, color=f"C{i}",
+                        ls=("-", "--", ":", "-.")[j % 4], label=f"{backend} {task}")
+    if len(acc) > 1:
+        a2.legend(fontsize=6)
     a2.set(xscale="log", xlabel="prompt length / training length", ylabel="code retrieval accuracy", ylim=(-0.02, 1.02))
     a2.set_xticks(a1.get_xticks())
     a2.get_xaxis().set_major_formatter(matplotlib.ticker.FormatStrFormatter("%gx"))
@@ -78,10 +120,18 @@ def register(sub: Any) -> None:
     p = sub.add_parser("longtext-plot", help="plot eval longtext results (perplexity and retrieval vs length)")
     p.add_argument("json", nargs="+", help="results files of eval longtext")
     p.add_argument("--out", required=True, help="PNG path")
+    p.add_argument("--merge-out", default=None, help="also write one results file with every file's rows")
+    p.add_argument("--command", default=None, help="the command that made the files (the merged file's command)")
     p.set_defaults(handler=_run)
 
 
 def _run(args: Any, argv: list[str]) -> int:
+    if args.merge_out:
+        from sgl_qwen1m.jsonout import dumps
+
+        doc = merge_longtext(args.json, args.command or "python -m sgl_qwen1m eval longtext-plot " + " ".join(argv))
+        Path(args.merge_out).write_text(dumps(doc) + "\n")
+        print(f"wrote {args.merge_out} ({len(doc['rows'])} rows from {len(args.json)} files)")
     path = plot_longtext(args.json, args.out)
     print(f"{path} ({path.stat().st_size // 1024} KB)")
     return 0

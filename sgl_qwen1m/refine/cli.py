@@ -37,6 +37,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--prefill-chunk", type=int, default=None, help="serving's --chunked-prefill-size (pieces)")
     p.add_argument("--layers", default=None, help="comma-separated layers to refine (default all)")
     p.add_argument("--device", default=None, help="cpu or cuda (default cuda if available)")
+    p.add_argument("--maps", default=None, help="also write per-head estimator score profiles (refine/maps.py) "
+                   "of the first sequence to this JSON (.json.gz: gzip-compressed)")
     p.set_defaults(handler=_run)
 
 
@@ -56,8 +58,9 @@ def _run(ns: argparse.Namespace, argv: list[str]) -> int:
     except (ValueError, FileNotFoundError) as e:
         raise CommandError(str(e)) from None
     layers = [int(x) for x in ns.layers.split(",")] if ns.layers else None
+    maps: list = []
     refined, report = refine_model(model, seqs, start, cfg, RowSampling(ns.tail_rows, ns.random_rows, ns.seed),
-                                   ns.prefill_chunk, layers)
+                                   ns.prefill_chunk, layers, maps=maps if ns.maps else None)
     report["summary"]["command"] = "python -m sgl_qwen1m refine " + " ".join(argv)
     out, rp = write_outputs(refined, report, ns.out, ns.report)
     s = report["summary"]
@@ -65,4 +68,20 @@ def _run(ns: argparse.Namespace, argv: list[str]) -> int:
           f"min recall ({s['stat']}) {s['recall_min_over_heads_before']:.4f} -> {s['recall_min_over_heads_after']:.4f}; "
           f"budget keys/query {s['budget_keys_per_query_before']:.0f} -> {s['budget_keys_per_query_after']:.0f}")
     print(f"wrote {out} and {rp}")
+    if ns.maps:
+        print(f"wrote {_write_maps(ns.maps, ns.length, maps, ns.model)}")
     return 0
+
+
+def _write_maps(path: str, length: int, maps: list, model: str) -> str:
+    import gzip
+    from pathlib import Path
+
+    from sgl_qwen1m.jsonout import dumps
+    from sgl_qwen1m.refine.maps import maps_document
+
+    text = dumps(maps_document(length, maps, Path(model).name), width=100000) + "\n"
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(gzip.compress(text.encode(), mtime=0) if p.suffix == ".gz" else text.encode())
+    return str(p)

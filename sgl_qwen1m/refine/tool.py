@@ -18,6 +18,7 @@ from sgl_qwen1m.config import VERTICAL_SLASH, HeadBudget, SparseBudgets
 from sgl_qwen1m.model.capture import LayerInputs, capture_layers
 from sgl_qwen1m.model.spec import read_config
 from sgl_qwen1m.model.torch_qwen2 import TinyQwen2
+from sgl_qwen1m.refine.maps import layer_maps
 from sgl_qwen1m.refine.recall import RowSampling, SeqData, prepare
 from sgl_qwen1m.refine.search import HeadResult, SearchConfig, refine_layer
 from sgl_qwen1m.sizing import ModelShape, prefill_floor_s
@@ -41,8 +42,12 @@ def refine_model(
     prefill_chunk: Optional[int] = None,
     layers: Optional[Sequence[int]] = None,
     log=print,  # noqa: ANN001
+    maps: Optional[list[dict[str, Any]]] = None,
 ) -> tuple[SparseBudgets, dict[str, Any]]:
-    """Refined budgets and the report (``heads``: one :meth:`HeadResult.to_dict` per head; ``summary``)."""
+    """Refined budgets and the report (``heads``: one :meth:`HeadResult.to_dict` per head; ``summary``).
+
+    ``maps`` (a list, filled in layer order): each layer's estimator score profiles of the first sequence's last
+    piece (:func:`sgl_qwen1m.refine.maps.layer_maps`)."""
     n_layers, n_heads = len(model.model.layers), model.model.layers[0].self_attn.h
     if (start.num_layers, start.num_heads) != (n_layers, n_heads):
         raise ValueError(f"start budgets cover {start.num_layers} layers x {start.num_heads} heads; the model has "
@@ -61,6 +66,9 @@ def refine_model(
         def on_layer(inp: LayerInputs) -> None:
             if inp.layer in todo:
                 per_layer[inp.layer].append(prepare(inp, sampling, last_q=last_q, prefill_chunk=prefill_chunk))
+                if maps is not None and n == 0:
+                    last = per_layer[inp.layer][-1].pieces[-1]
+                    maps.append({"layer": inp.layer, **layer_maps(last.vertical, last.slash)})
 
         capture_layers(model, ids, on_layer)
         log(f"calibration sequence {n + 1}/{len(sequences)} captured ({length} tokens, {time.time() - t0:.1f}s)")
