@@ -45,6 +45,7 @@ from sgl_qwen1m.ops.sparse.reference import (
     select_vertical_slash,
 )
 from sgl_qwen1m.evals.harness import make_samples
+from sgl_qwen1m.figures import save_png
 from sgl_qwen1m.model.tasks import TaskBuilder
 from sgl_qwen1m.model.spec import BUNDLED_MODEL_DIR, read_config, train_length
 from sgl_qwen1m.model.torch_qwen2 import TinyQwen2, apply_rope, rope_cos_sin
@@ -56,8 +57,7 @@ torch.manual_seed(0)
 
 
 def save(fig, name):
-    path = FIG_DIR / f"{name}.png"
-    fig.savefig(path, dpi=72, bbox_inches="tight")
+    path = save_png(fig, FIG_DIR / f"{name}.png", dpi=72, bbox_inches="tight")  # palette PNG, small in the tree
     print(f"saved {path.name} ({path.stat().st_size // 1024} KB)")
 
 
@@ -195,6 +195,101 @@ ax.axhline(0.99, color="0.6", lw=0.6)
 ax.legend(fontsize=8)
 save(fig, "sparse_recall_vs_budget")
 assert points[-1][3] > points[0][3], "recall must grow with the budget"
+
+# %% [markdown]
+# ## A model trained on real text
+# The tiny model above attends to what its two templates taught. Issue 17's text LM (107M parameters, Qwen2 with
+# plain RoPE, trained from scratch at 2,048 tokens on Python package sources; model card in
+# `docs/text-lm-and-refinement.md`) shows real heads. Its GPU run wrote two small files that this section reads
+# (CPU mode); with a GPU and the trained model in `runs/lm/model` (`scripts/gpu/lm_chain.sh data,train`), it
+# recomputes them first (GPU mode):
+#
+# * `maps_32k_*.json.gz` (`refine --maps`): every head's estimator scores at 32K tokens (16x the training length),
+#   summed in log-spaced bins of key position (vertical) and of diagonal offset (slash);
+# * `model/refined_32k.report.json*` (`refine`): each head's recall and attended keys at every budget step of the
+#   refinement search, from the start (128 columns / 256 diagonals) until the head's mean recall reaches 0.95
+#   (each step raises the vertical or the slash budget, whichever gains more recall per key).
+
+# %%
+import glob
+import gzip
+import json
+import subprocess
+import sys
+
+
+def read_json(path):
+    raw = Path(path).read_bytes()
+    return json.loads(gzip.decompress(raw) if str(path).endswith(".gz") else raw)
+
+
+LM_DIR = ROOT / "runs" / "lm"
+if torch.cuda.is_available() and (LM_DIR / "model" / "config.json").exists() and __name__ == "__main__":
+    lm_out = FIG_DIR / "text-lm"
+    subprocess.run([sys.executable, "-m", "sgl_qwen1m", "refine", "--model", str(LM_DIR / "model"), "--calib",
+                    str(LM_DIR / "data" / "train.bin"), "--length", "32768", "--num-seqs", "2", "--target", "0.95",
+                    "--out", str(lm_out / "sparse_attention_config.json"),
+                    "--maps", str(lm_out / "maps_32k_gpu.json.gz"),
+                    "--device", "cuda"], check=True, cwd=ROOT)
+    maps_files, report_files = [lm_out / "maps_32k_gpu.json.gz"], [lm_out / "sparse_attention_config.report.json"]
+else:
+    maps_files = sorted(glob.glob(str(ROOT / "benchmarks/results/text-lm-*/maps_32k_*.json.gz")))
+    report_files = sorted(glob.glob(str(ROOT / "benchmarks/results/text-lm-*/model/refined_32k.report.json*")))
+print("reading", [str(Path(f).relative_to(ROOT)) if str(f).startswith(str(ROOT)) else str(f)
+                  for f in maps_files[-1:] + report_files[-1:]])
+
+# %%
+if maps_files:
+    maps = read_json(maps_files[-1])
+    edges = maps["bin_edges"]
+    layers_m = maps["layers"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    for ax, kind in zip(axes, ("vertical", "slash")):
+        grid = torch.tensor([row for lm in layers_m for row in lm[kind]])  # [layers * heads, bins]
+        im = ax.imshow(grid.clamp_min(1e-5).log10(), aspect="auto", cmap="magma", vmin=-5, vmax=0)
+        nh = len(layers_m[0][kind])
+        ax.set_yticks([i * nh for i in range(len(layers_m))], [f"L{lm['layer']}" for lm in layers_m], fontsize=7)
+        ticks = list(range(0, len(edges) - 1, 3))
+        ax.set_xticks(ticks, [str(edges[i]) for i in ticks], fontsize=7, rotation=45)
+        ax.set(xlabel=("key position" if kind == "vertical" else "offset query - key") + " (log bins, from)")
+        ax.set_title(f"{kind}, {maps['prompt_tokens']:,} tokens: log10 share", fontsize=9)
+    fig.colorbar(im, ax=axes, shrink=0.8)
+    save(fig, "text_lm_score_maps")
+    sink = [lm["vertical"][h][0] for lm in layers_m for h in range(len(lm["vertical"]))]
+    local = [sum(lm["slash"][h][:8]) for lm in layers_m for h in range(len(lm["slash"]))]
+    print(f"share of each head's score on key 0 (sink): median {sorted(sink)[len(sink) // 2]:.3f}; "
+          f"on offsets < {edges[8]} (local): median {sorted(local)[len(local) // 2]:.3f}")
+else:
+    print("no committed score maps of the text LM (run scripts/gpu/lm_chain.sh refine on a GPU)")
+
+# %%
+if report_files:
+    rep = read_json(report_files[-1])
+    heads = rep["heads"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for h in heads:
+        steps = [{"vertical": h["vertical_before"], "slash": h["slash_before"], "recall": h["recall_before"]}]
+        steps += list(h.get("steps") or [])
+        a1.plot([x["vertical"] + x["slash"] for x in steps], [x["recall"] for x in steps], lw=0.7, marker=".", ms=2,
+                color=plt.cm.viridis(h["layer"] / max(1, max(x["layer"] for x in heads))))
+    a1.axhline(rep["summary"]["target"], color="0.4", lw=0.6, ls="--")
+    a1.set(xscale="log", xlabel="budget: vertical + slash keys per query", ylabel="head recall (mean)",
+           title="refinement: recall vs budget, one line per head (color: layer)")
+    order = sorted(range(len(heads)), key=lambda i: heads[i]["recall_before"])
+    a2.bar(range(len(heads)), [heads[i]["recall_before"] for i in order], color="C3", label="start budgets")
+    a2.plot(range(len(heads)), [heads[i]["recall_after"] for i in order], "k.", ms=3, label="refined")
+    a2.axhline(rep["summary"]["target"], color="0.4", lw=0.6, ls="--")
+    a2.set(xlabel="head (sorted by recall at the start)", ylabel="recall", ylim=(0, 1.02))
+    a2.legend(fontsize=7)
+    save(fig, "text_lm_recall_vs_budget")
+    s = rep["summary"]
+    print(f"heads below {s['target']}: {s['heads_below_target_before']} -> {s['heads_below_target_after']} of "
+          f"{s['heads']}; smallest head recall {s['recall_min_over_heads_before']:.3f} -> "
+          f"{s['recall_min_over_heads_after']:.3f}; keys per query {s['measured_keys_per_query_before']:.0f} -> "
+          f"{s['measured_keys_per_query_after']:.0f}")
+    assert s["heads_below_target_after"] == 0 and all(h["recall_after"] >= s["target"] for h in heads)
+else:
+    print("no committed refinement report of the text LM")
 
 # %% [markdown]
 # ## GPU mode

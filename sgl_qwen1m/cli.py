@@ -8,6 +8,7 @@
     python -m sgl_qwen1m model {export-rope-variant,export-sparse-variant,info,write-config} ...   (model/cli.py)
     python -m sgl_qwen1m plan --lengths 128K,1M         # FLOP floor + memory split, no GPU (= bench plan)
     python -m sgl_qwen1m refine --calib F --length N --out F   # sparsity refinement (refine/cli.py)
+    python -m sgl_qwen1m sparse-work --model DIR --calib F --lengths N   # sparse kernel work (refine/work_cli.py)
 
 ``python -m sgl_qwen1m.bench ...`` is kept as ``python -m sgl_qwen1m bench ...`` (committed results record it).
 Every leaf parser sets ``handler(ns, argv) -> int`` (``argv``: the words after the verb); :func:`main` calls it
@@ -26,10 +27,11 @@ from sgl_qwen1m.bench import cli as bench_cli
 from sgl_qwen1m.evals import cli as evals_cli
 from sgl_qwen1m.model import cli as model_cli
 from sgl_qwen1m.refine import cli as refine_cli
+from sgl_qwen1m.refine import work_cli
 
 __all__ = ["build_parser", "main"]
 
-VERBS = ("demo", "eval", "bench", "train", "train-lm", "model", "plan", "refine")
+VERBS = ("demo", "eval", "bench", "train", "train-lm", "model", "plan", "refine", "sparse-work")
 
 
 def _reference_accuracy(*args: Any) -> list:
@@ -50,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_cli.register(sub, evaluate=_reference_accuracy)  # train, train-lm, model
     bench_cli.register_plan(sub)  # plan
     refine_cli.register(sub)  # refine
+    work_cli.register(sub)  # sparse-work
     return p
 
 

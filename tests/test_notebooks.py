@@ -19,7 +19,8 @@ EXPECTED_FIGURES = {
     "00_quickstart": set(),
     "01_dca_explained": {"dca_positions.png", "dca_stage_map.png", "dca_segment_plan.png"},
     "02_benchmarks": {"ttft_vs_length.png", "sparse_speedup.png", "decode_step.png", "memory_planner.png"},
-    "03_sparse_patterns": {"sparse_scores.png", "sparse_pattern_map.png", "sparse_recall_vs_budget.png"},
+    "03_sparse_patterns": {"sparse_scores.png", "sparse_pattern_map.png", "sparse_recall_vs_budget.png",
+                           "text_lm_score_maps.png", "text_lm_recall_vs_budget.png"},
 }
 
 

@@ -58,9 +58,12 @@ from typing import Any
 
 import torch
 
+from sgl_qwen1m.model.local_vector import DEFAULT_AMPLITUDE, DEFAULT_SKIP_HIGH_PAIRS, local_bias_vector
 from sgl_qwen1m.sizing import ModelShape
 
 __all__ = [
+    "DEFAULT_AMPLITUDE",
+    "DEFAULT_SKIP_HIGH_PAIRS",
     "RECIPES",
     "WEIGHT_KINDS",
     "local_attention_biases",
@@ -74,28 +77,11 @@ __all__ = [
 ]
 
 WEIGHT_KINDS = ("dummy", "local")
-DEFAULT_AMPLITUDE = 1.5
-DEFAULT_SKIP_HIGH_PAIRS = 16
 EMBED_CONSTANT = 0.25
 EMBED_PERIOD = 64
 EMBED_SEED = 0
 RECIPES = {"qwen2": "qwen2-bias", "qwen2_moe": "qwen2-bias", "qwen3": "qwen3-embed-proj-norm",
            "qwen3_moe": "qwen3-embed-proj-norm"}
-
-
-def local_bias_vector(
-    head_dim: int, amplitude: float = DEFAULT_AMPLITUDE, skip_high_pairs: int = DEFAULT_SKIP_HIGH_PAIRS
-) -> torch.Tensor:
-    """``[head_dim]`` float32 bias of one head (neox rotary layout: pair ``i`` is dims ``i`` and ``i + head_dim/2``)."""
-    if head_dim % 2:
-        raise ValueError(f"head_dim must be even, got {head_dim}")
-    half = head_dim // 2
-    if not 0 <= skip_high_pairs < half:
-        raise ValueError(f"skip_high_pairs={skip_high_pairs} must be in [0, {half})")
-    v = torch.full((head_dim,), float(amplitude))
-    v[:skip_high_pairs] = 0.0  # pair i rotates with theta_i = base**(-2i/D): i = 0 is the fastest
-    v[half : half + skip_high_pairs] = 0.0
-    return v
 
 
 def _check_heads(num_layers: int, num_heads: int, num_kv_heads: int) -> None:

@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence, Union
 
-__all__ = ["IN_LENGTH", "whole_sequence_rows", "in_length_rows", "merge_longtext", "plot_longtext", "register"]
+__all__ = ["IN_LENGTH", "whole_sequence_rows", "in_length_rows", "merge_longtext", "plot_longtext",
+           "plot_training_loss", "register"]
 
 IN_LENGTH = "in-length windows"  # eval longtext's content-matched in-length row
 
@@ -24,6 +25,13 @@ def in_length_rows(rows: Sequence[dict[str, Any]]) -> dict[str, dict[float, dict
         if r.get("metric") == "perplexity" and r.get("case") == IN_LENGTH and r.get("value") is not None:
             out.setdefault(r["backend"], {})[float(r["length_multiple"])] = r
     return out
+
+
+def _train_len_label(rows: Sequence[dict[str, Any]]) -> str:
+    for r in rows:
+        if r.get("length_multiple") and r.get("prompt_tokens"):
+            return f"{round(r['prompt_tokens'] / r['length_multiple']):,}-token"
+    return "training-length"
 
 
 def merge_longtext(paths: Sequence[Union[str, Path]], command: str) -> dict[str, Any]:
@@ -39,8 +47,8 @@ def merge_longtext(paths: Sequence[Union[str, Path]], command: str) -> dict[str,
             raise ValueError(f"{p}: backend(s) {sorted(backends & seen)} already came from another file")
         seen |= backends
         rows += d["rows"]
-    runs = [{"file": Path(p).name, "command": d.get("command"), "date": d.get("date"), "gpu": d.get("gpu")}
-            for p, d in zip(paths, docs)]
+    runs = [{"file": Path(p).name, "command": d.get("command"), "date": d.get("date"), "gpu": d.get("gpu"),
+             **({"records_file": d["records_file"]} if "records_file" in d else {})} for p, d in zip(paths, docs)]
     return {"command": command, "gpu": docs[0].get("gpu"), "versions": docs[0].get("versions"),
             "date": max(str(d.get("date", "")) for d in docs), "runs": runs, "rows": rows}
 
@@ -84,10 +92,13 @@ def plot_longtext(paths: Sequence[Union[str, Path]], out: Union[str, Path]) -> P
     for i, (backend, by_m) in enumerate(ppl.items()):
         ms = sorted(by_m)
         a1.plot(ms, [by_m[m] for m in ms], marker="o", ms=3, color=f"C{i}", label=backend)
-        if alone.get(backend):
+    drawn = None  # every backend scores the in-length windows with plain attention inside the training length (equal
+    for backend in ppl:  # up to rounding in the rows): drawn once, from the first backend that has them
+        if alone.get(backend) and drawn is None:
             am = sorted(alone[backend])
-            a1.plot(am, [alone[backend][m]["value"] for m in am], marker="x", ms=4, lw=0.8, ls=":", color=f"C{i}",
-                    label=f"{backend}: same text, in-length windows")
+            a1.plot(am, [alone[backend][m]["value"] for m in am], marker="x", ms=4, lw=0.8, ls=":", color="0.3",
+                    label=f"same text in {_train_len_label(rows)} windows ({backend})")
+            drawn = backend
     a1.set(xscale="log", yscale="log", xlabel="prompt length / training length",
            ylabel="perplexity of the whole sequence")
     a1.set_xticks([m for m in sorted({m for b in ppl.values() for m in b})])
@@ -115,8 +126,36 @@ def plot_longtext(paths: Sequence[Union[str, Path]], out: Union[str, Path]) -> P
     return save_png(fig, out)
 
 
+def plot_training_loss(log_path: Union[str, Path], out: Union[str, Path]) -> Path:
+    """Training loss (and learning rate) against step from ``train-lm``'s ``training_log.json``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sgl_qwen1m.figures import save_png
+
+    meta = json.loads(Path(log_path).read_text())
+    log = meta["log"]
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot([x["step"] for x in log], [x["loss"] for x in log], marker=".", ms=3, label="training loss")
+    ax.set(xlabel="step", ylabel="loss (nats/token)", yscale="log")
+    ax2 = ax.twinx()
+    ax2.plot([x["step"] for x in log], [x["lr"] for x in log], color="0.6", lw=0.8, ls="--")
+    ax2.set_ylabel("learning rate", color="0.5")
+    ppl = meta.get("heldout_perplexity")
+    ax.set_title(f"{meta.get('params', 0) / 1e6:.0f}M parameters, {meta.get('tokens', 0) / 1e6:.0f}M tokens, "
+                 f"{meta.get('train_seconds', 0):.0f} s" + (f"; held-out ppl {ppl:.2f}" if ppl else ""), fontsize=8)
+    fig.tight_layout()
+    return save_png(fig, out)
+
+
 def register(sub: Any) -> None:
-    """Add ``longtext-plot`` under ``eval``'s subparsers."""
+    """Add ``longtext-plot`` and ``loss-plot`` under ``eval``'s subparsers."""
+    q = sub.add_parser("loss-plot", help="plot train-lm's training_log.json (loss and learning rate vs step)")
+    q.add_argument("log", help="training_log.json of train-lm")
+    q.add_argument("--out", required=True, help="PNG path")
+    q.set_defaults(handler=lambda a, argv: print(plot_training_loss(a.log, a.out)) or 0)
     p = sub.add_parser("longtext-plot", help="plot eval longtext results (perplexity and retrieval vs length)")
     p.add_argument("json", nargs="+", help="results files of eval longtext")
     p.add_argument("--out", required=True, help="PNG path")

@@ -29,5 +29,8 @@ loop ("if recall < threshold, add vertical and slash budget"), but no threshold,
   and measured attended keys per query before/after, and the prefill FLOP floor dense / before / after.
 
 Modules: ``recall`` (prepare a layer, evaluate budgets), ``search`` (the per-layer loop), ``calib`` (calibration
-windows), ``tool`` (whole model, outputs), ``cli`` (the verb). Imports ops, model, config, sizing; never evals.
+windows), ``tool`` (whole model, outputs), ``cli`` (the verb), ``maps`` (``--maps``: per-head score profiles);
+``work`` + ``work_cli`` (``python -m sgl_qwen1m sparse-work``: the sparse kernel's share of dense work on a model's
+attention and on the dummy-weight proxies); ``reuse*`` (pattern-reuse experiment). Imports ops, model, config,
+sizing; never evals or bench.
 """
