@@ -40,6 +40,12 @@ def _reference_accuracy(*args: Any) -> list:
     return reference_accuracy(*args)
 
 
+def _retrieval_probe(*args: Any, **kw: Any) -> Any:
+    from sgl_qwen1m.evals.longtext import retrieval_probe
+
+    return retrieval_probe(*args, **kw)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole tree: ``demo``, ``eval``, ``bench``, ``train``, ``model``, ``plan``."""
     p = argparse.ArgumentParser(
@@ -49,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(required=True, metavar="{" + ",".join(VERBS) + "}")
     evals_cli.register(sub)  # demo, eval
     bench_cli.register(sub)  # bench
-    model_cli.register(sub, evaluate=_reference_accuracy)  # train, train-lm, model
+    model_cli.register(sub, evaluate=_reference_accuracy, lm_probe=_retrieval_probe)  # train, train-lm, model
     bench_cli.register_plan(sub)  # plan
     refine_cli.register(sub)  # refine
     work_cli.register(sub)  # sparse-work

@@ -131,7 +131,14 @@ def test_eval_longtext_verb_on_the_torch_reference(tmp_path):
     data, out = tmp_path / "data", tmp_path / "lm"
     build_dataset([PKG / "ops"], data, vocab_size=400, heldout_pct=40.0)
     assert main(["train-lm", "--data", str(data), "--out", str(out), "--preset", "smoke", "--steps", "2",
-                 "--batch", "1", "--micro-batch", "1", "--eval-windows", "1", "--device", "cpu"]) == 0
+                 "--batch", "1", "--micro-batch", "1", "--eval-windows", "1", "--device", "cpu",
+                 "--probe-every", "1", "--probe-samples", "1"]) == 0
+    meta = json.loads((out / "training_log.json").read_text())  # in-length retrieval probed during training
+    assert [p["step"] for p in meta["retrieval_probes"]] == [1, 2] and meta["probe_seconds"] > 0
+    tasks = {"step", "tokens", "code_retrieval", "code_retrieval_restate"}
+    assert all(set(p) == tasks for p in meta["retrieval_probes"])
+    assert all(0.0 <= p["code_retrieval"] <= 1.0 for p in meta["retrieval_probes"])
+    assert main(["train-lm", "--data", str(data), "--out", str(out), "--probe-every", "-1", "--device", "cpu"]) == 1
     res = tmp_path / "res.json"
     assert main(["eval", "longtext", "--model", str(out), "--data", str(data), "--multiples", "1,2", "--samples", "1",
                  "--ppl-seqs", "1", "--model-name", "smoke-lm", "--out", str(res)]) == 0

@@ -8,6 +8,7 @@
 #   sparse-start: the budgets refinement starts from (128 vertical / 256 slash per head: the "unrefined" row);
 #   sparse-default: MInference's defaults (1000 / 6096), near-dense at 2K-64K;
 #   work: share of dense causal work the sparse kernel computes, real attention vs the dummy-weight proxies.
+# train probes in-length code retrieval every PROBE_EVERY steps (training_log.json: retrieval_probes).
 # Results: /tmp/r/text-lm-<gpu>/*_<gpu>.json (+ the training log, data manifest, refined budgets, report and maps).
 # eval longtext-plot --merge-out joins the eval files into one results file afterwards (docs/text-lm-and-refinement.md).
 set -u
@@ -30,7 +31,9 @@ for s in ${1//,/ }; do
             --roots "/tmp/site,$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
         cp "$D"/*.json "$R/" 2>/dev/null ;;
     train)
-        timeout 1800 python3 -m sgl_qwen1m train-lm --data "$D" --out "$M" --device cuda 2>&1 | tee "$R/train_text_lm_$G.log"
+        # TRAIN_ARGS: extra train-lm arguments (e.g. "--batch 16 --steps 3200": 4x the optimizer steps, same tokens)
+        timeout 1800 python3 -m sgl_qwen1m train-lm --data "$D" --out "$M" --device cuda \
+            --probe-every "${PROBE_EVERY:-100}" ${TRAIN_ARGS:-} 2>&1 | tee "$R/train_text_lm_$G.log"
         cp "$M"/config.json "$M"/*.json "$R/" 2>/dev/null ;;
     dense) ev "$M" qwen1m-dense qwen1m dense_text_lm_$G.json ;;
     rope)

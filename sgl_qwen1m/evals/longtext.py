@@ -24,7 +24,7 @@ import shlex
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["register", "run_longtext"]
+__all__ = ["register", "run_longtext", "retrieval_probe"]
 
 
 def register(sub: Any) -> None:
@@ -119,6 +119,36 @@ def run_longtext(args: argparse.Namespace, records: Optional[list] = None) -> li
     finally:
         runner.close()
     return rows
+
+
+def retrieval_probe(data_dir: str, seq_len: int, samples: int, seed: int = 0,
+                    styles: tuple[str, ...] = ("assert", "restate")) -> Any:
+    """A ``probe(model) -> {task: accuracy}`` for ``train-lm --probe-every``: code retrieval at the training length
+    (``samples`` prompts per style from ``data_dir``'s held-out documents, fixed for the whole run) through the
+    torch reference on the model being trained (eval mode and no grad while it runs, then back)."""
+    import torch
+    from tokenizers import Tokenizer
+
+    from sgl_qwen1m.evals.code_retrieval import code_samples, evaluate_code
+    from sgl_qwen1m.evals.harness import aggregate
+    from sgl_qwen1m.evals.runners import TorchRunner
+    from sgl_qwen1m.model.text_data import heldout_documents
+
+    tok = Tokenizer.from_file(str(Path(data_dir) / "tokenizer.json"))
+    work = code_samples(tok, heldout_documents(data_dir), [1.0], samples, seq_len, seed=seed, styles=styles)
+
+    def probe(model: Any) -> dict[str, float]:
+        eos = int(model.config.get("eos_token_id") or 0)
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                recs = evaluate_code(TorchRunner(model=model, progress=False), work, tok, eos_id=eos)
+        finally:
+            model.train(was)
+        return {r["task"]: r["value"] for r in aggregate(recs)}
+
+    return probe
 
 
 def _in_length_row(scorer: Any, seqs: list[list[int]], per_seq: list, edges: list[int],

@@ -22,16 +22,20 @@ __all__ = ["register", "TRAIN_DESCRIPTION"]
 TRAIN_DESCRIPTION = "Train the bundled tiny DCA model from scratch on synthetic long-context retrieval."
 
 
-def register(subparsers: Any, evaluate: Optional[Callable[..., list]] = None) -> None:
+def register(subparsers: Any, evaluate: Optional[Callable[..., list]] = None,
+             lm_probe: Optional[Callable[..., Any]] = None) -> None:
     """Add the ``train`` and ``model`` verbs; every leaf parser sets ``handler(ns, argv) -> int``.
 
     ``evaluate`` is the accuracy check run on the trained model (``--eval-samples``), see
     :func:`sgl_qwen1m.model.train.train`; the model package cannot import the harness, so the caller passes it.
+    ``lm_probe(data_dir, seq_len, samples)`` makes ``train-lm --probe-every``'s probe
+    (:func:`sgl_qwen1m.evals.longtext.retrieval_probe`), passed in for the same reason.
     """
     _train_arguments(subparsers.add_parser("train", help=TRAIN_DESCRIPTION, description=TRAIN_DESCRIPTION))
     subparsers.choices["train"].set_defaults(handler=functools.partial(_run_train, evaluate=evaluate))
 
     _train_lm_arguments(subparsers)
+    subparsers.choices["train-lm"].set_defaults(handler=functools.partial(_run_train_lm, lm_probe=lm_probe))
     m = subparsers.add_parser("model", help="utilities around a model directory (variants, info, config)")
     sub = m.add_subparsers(required=True, metavar="{export-rope-variant,export-sparse-variant,info,write-config}")
     e = sub.add_parser("export-rope-variant", help="copy a model dir with the DCA config removed (RoPE baseline)")
@@ -70,12 +74,15 @@ def _train_lm_arguments(subparsers: Any) -> None:
     p.add_argument("--heldout-pct", type=float, default=2.0, help="share of files held out, in %% (%(default)s)")
     p.add_argument("--eval-windows", type=int, default=64, help="held-out windows for in-length perplexity")
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--probe-every", type=int, default=0, help="every N steps (and at the end), code retrieval at "
+                   "the training length on held-out text, logged in training_log.json (0: off)")
+    p.add_argument("--probe-samples", type=int, default=20, help="prompts per retrieval style of each probe")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="default cuda if available, else cpu")
     p.set_defaults(handler=_run_train_lm)
 
 
-def _run_train_lm(ns: argparse.Namespace, argv: list[str]) -> int:
+def _run_train_lm(ns: argparse.Namespace, argv: list[str], lm_probe: Optional[Callable[..., Any]] = None) -> int:
     import torch
 
     from sgl_qwen1m.args import CommandError
@@ -87,7 +94,21 @@ def _run_train_lm(ns: argparse.Namespace, argv: list[str]) -> int:
     ns.device = ns.device or ("cuda" if torch.cuda.is_available() else "cpu")
     ns.command = "python -m sgl_qwen1m train-lm " + " ".join(argv)
     try:
-        train_lm(ns)
+        if ns.probe_every < 0 or ns.probe_samples < 1:
+            raise ValueError(f"--probe-every must be >= 0 and --probe-samples >= 1, got {ns.probe_every} and "
+                             f"{ns.probe_samples}")
+        probe = None
+        if ns.probe_every and not ns.data_only:
+            if lm_probe is None:
+                raise ValueError("--probe-every: no retrieval probe available (run through python -m sgl_qwen1m)")
+            made: dict[str, Any] = {}
+
+            def probe(model: Any) -> Any:  # built on first use: the data set may not exist yet
+                if "p" not in made:
+                    made["p"] = lm_probe(ns.data, ns.seq_len, ns.probe_samples, seed=ns.seed)
+                return made["p"](model)
+
+        train_lm(ns, probe)
     except (ValueError, FileNotFoundError) as e:
         raise CommandError(str(e)) from None
     return 0

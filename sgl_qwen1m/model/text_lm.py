@@ -84,9 +84,12 @@ def heldout_loss(model: TinyQwen2, data, seq_len: int, windows: int, dev: torch.
     return tot / n
 
 
-def train_lm(args: argparse.Namespace) -> Path:
+def train_lm(args: argparse.Namespace, probe: Optional[Any] = None) -> Path:
     """Build data if needed, train, write the model dir + ``training_log.json`` (+ ``loss_curve.png``); with
-    ``args.data_only`` stop after the data (returns the data directory)."""
+    ``args.data_only`` stop after the data (returns the data directory).
+
+    ``probe(model) -> {name: value}`` runs every ``args.probe_every`` steps and after the last (its time is not
+    training time); the results go to ``training_log.json``'s ``retrieval_probes``."""
     data_dir, out = Path(args.data), Path(args.out)
     if not (data_dir / MANIFEST).is_file():
         if not args.roots:
@@ -112,6 +115,11 @@ def train_lm(args: argparse.Namespace) -> Path:
     print(f"text LM: {n_params:,} parameters; {manifest['counts']['train_tokens']:,} training tokens; "
           f"{args.steps} steps x {tokens_per_step:,} tokens; device {dev}")
     log: list[dict[str, float]] = []
+    probes: list[dict[str, Any]] = []  # in-length retrieval during training (--probe-every), outside the timing
+    probe_every = int(getattr(args, "probe_every", 0) or 0)
+    if probe_every > 0 and probe is None:
+        raise ValueError("--probe-every needs a probe (the train-lm verb passes evals.longtext.retrieval_probe)")
+    probe_s = 0.0
     warmup = max(1, args.steps // 20)
     model.train()
     t0 = time.time()
@@ -129,18 +137,28 @@ def train_lm(args: argparse.Namespace) -> Path:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if probe_every > 0 and ((step + 1) % probe_every == 0 or step + 1 == args.steps):
+            tp = time.time()
+            probes.append({"step": step + 1, "tokens": (step + 1) * tokens_per_step, **probe(model)})
+            probe_s += time.time() - tp
+            print(f"step {step + 1:>6}  retrieval at {args.seq_len}: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in probes[-1].items() if k not in ("step", "tokens")),
+                  flush=True)
         if (step + 1) % args.log_every == 0 or step == 0 or step + 1 == args.steps:
-            el = time.time() - t0
+            el = time.time() - t0 - probe_s
             log.append({"step": step + 1, "loss": loss_sum, "lr": opt.param_groups[0]["lr"], "seconds": el,
                         "tokens_per_s": (step + 1) * tokens_per_step / max(el, 1e-9)})
             print(f"step {step + 1:>6}  loss {loss_sum:.4f}  {el:.0f}s  {log[-1]['tokens_per_s']:,.0f} tok/s", flush=True)
-    train_s = time.time() - t0
+    train_s = time.time() - t0 - probe_s
     model.eval()
     nll = heldout_loss(model, held, args.seq_len, args.eval_windows, dev, args.seed + 1)
     _write_model_dir(model, cfg, data_dir, out)
     meta = {"args": vars(args), "params": n_params, "train_seconds": train_s, "tokens": args.steps * tokens_per_step,
             "data_counts": manifest["counts"], "heldout_nll": nll, "heldout_perplexity": math.exp(nll),
             "heldout_windows": args.eval_windows, "log": log}
+    if probes:
+        meta["retrieval_probes"] = probes
+        meta["probe_seconds"] = probe_s
     (out / "training_log.json").write_text(json.dumps(meta, indent=1) + "\n")
     (out / "data_manifest_counts.json").write_text(json.dumps(manifest["counts"], indent=1) + "\n")
     _plot(log, out / "loss_curve.png")
