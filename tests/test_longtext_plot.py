@@ -70,3 +70,24 @@ def test_loss_plot_from_the_committed_training_log(tmp_path):
     out = tmp_path / "loss.png"
     assert main(["eval", "loss-plot", str(RES / "model" / "training_log.json"), "--out", str(out)]) == 0
     assert out.stat().st_size > 3000
+
+
+def test_merge_adds_greedy_agreement_from_the_records(tmp_path):
+    import shutil
+
+    from sgl_qwen1m.evals.longtext_plot import merge_longtext
+
+    doc = json.loads((RES / "text_lm_h100.json").read_text())
+    files = []
+    for b, stem in (("qwen1m-dense", "dense"), ("flashinfer-rope", "rope")):
+        rec = f"{stem}_text_lm_h100.records.json.gz"
+        shutil.copy(RES / rec, tmp_path / rec)
+        f = tmp_path / f"{stem}.json"
+        f.write_text(json.dumps(dict(doc, records_file=rec, rows=[r for r in doc["rows"] if r["backend"] == b])))
+        files.append(f)
+    rows = merge_longtext(files, "cmd", agree_with="qwen1m-dense")["rows"]
+    agree = [r for r in rows if r["metric"] == "greedy_agreement"]
+    committed = [r for r in doc["rows"] if r["metric"] == "greedy_agreement" and r["backend"].startswith("flashinfer")]
+    assert agree == committed and agree[-1]["task"] == "all" and agree[-1]["samples"] == 240
+    with pytest.raises(ValueError, match="no per-prompt records of that backend"):
+        merge_longtext(files, "cmd", agree_with="qwen1m-sparse")

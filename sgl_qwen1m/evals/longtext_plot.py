@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 __all__ = ["IN_LENGTH", "whole_sequence_rows", "in_length_rows", "merge_longtext", "plot_longtext",
            "plot_training_loss", "register"]
@@ -34,9 +34,13 @@ def _train_len_label(rows: Sequence[dict[str, Any]]) -> str:
     return "training-length"
 
 
-def merge_longtext(paths: Sequence[Union[str, Path]], command: str) -> dict[str, Any]:
+def merge_longtext(paths: Sequence[Union[str, Path]], command: str, agree_with: Optional[str] = None) -> dict[str, Any]:
     """One results document with the rows of every ``eval longtext`` file in ``paths`` (each backend once),
-    ``command`` the command that made them all, and ``runs`` the command, date and GPU of each file."""
+    ``command`` the command that made them all, and ``runs`` the command, date and GPU of each file.
+
+    ``agree_with`` (a backend): also ``greedy_agreement`` rows (:func:`sgl_qwen1m.evals.harness.agreement_rows`:
+    share of retrieval prompts whose greedy outputs are identical) of every other backend against it, from the
+    files' per-prompt records."""
     docs = [json.loads(Path(p).read_text()) for p in paths]
     if not docs:
         raise ValueError("merge_longtext: no results files given")
@@ -47,6 +51,8 @@ def merge_longtext(paths: Sequence[Union[str, Path]], command: str) -> dict[str,
             raise ValueError(f"{p}: backend(s) {sorted(backends & seen)} already came from another file")
         seen |= backends
         rows += d["rows"]
+    if agree_with is not None:
+        rows += _agreement(paths, docs, agree_with, rows[0].get("model"))
     runs = [{"file": Path(p).name, "command": d.get("command"), "date": d.get("date"), "gpu": d.get("gpu"),
              **({"records_file": d["records_file"]} if "records_file" in d else {})} for p, d in zip(paths, docs)]
     return {"command": command, "gpu": docs[0].get("gpu"), "versions": docs[0].get("versions"),
@@ -67,6 +73,27 @@ def whole_sequence_rows(rows: Sequence[dict[str, Any]]) -> dict[str, dict[float,
     out: dict[str, dict[float, float]] = {}
     for (backend, m), r in sorted(widest.items()):
         out.setdefault(backend, {})[m] = float(r["value"])
+    return out
+
+
+def _agreement(paths: Sequence[Union[str, Path]], docs: list[dict[str, Any]], reference: str,
+               model: Optional[str]) -> list[dict[str, Any]]:
+    import gzip
+
+    from sgl_qwen1m.evals.harness import Record, agreement_rows
+
+    recs: dict[str, list[Record]] = {}
+    for p, d in zip(paths, docs):
+        if "records_file" in d:
+            raw = json.loads(gzip.decompress((Path(p).parent / d["records_file"]).read_bytes()))
+            if raw:
+                recs[raw[0]["backend"]] = [Record(**r) for r in raw]
+    if reference not in recs:
+        raise ValueError(f"--agree-with {reference}: no per-prompt records of that backend (have: {sorted(recs)})")
+    out = []
+    for backend, rs in recs.items():
+        if backend != reference:
+            out += [dict(r, model=model) if model else r for r in agreement_rows(rs, recs[reference])]
     return out
 
 
@@ -161,6 +188,8 @@ def register(sub: Any) -> None:
     p.add_argument("--out", required=True, help="PNG path")
     p.add_argument("--merge-out", default=None, help="also write one results file with every file's rows")
     p.add_argument("--command", default=None, help="the command that made the files (the merged file's command)")
+    p.add_argument("--agree-with", default=None, help="with --merge-out: greedy agreement of every backend's "
+                   "retrieval outputs with this backend's (e.g. qwen1m-dense)")
     p.set_defaults(handler=_run)
 
 
@@ -168,7 +197,11 @@ def _run(args: Any, argv: list[str]) -> int:
     if args.merge_out:
         from sgl_qwen1m.jsonout import dumps
 
-        doc = merge_longtext(args.json, args.command or "python -m sgl_qwen1m eval longtext-plot " + " ".join(argv))
+        doc = merge_longtext(args.json, args.command or "python -m sgl_qwen1m eval " + " ".join(argv),
+                             args.agree_with)
+        import shlex
+
+        doc["merged_by"] = "python -m sgl_qwen1m eval " + shlex.join(argv)
         Path(args.merge_out).write_text(dumps(doc) + "\n")
         print(f"wrote {args.merge_out} ({len(doc['rows'])} rows from {len(args.json)} files)")
     path = plot_longtext(args.json, args.out)
