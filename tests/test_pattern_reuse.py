@@ -266,3 +266,24 @@ def test_cli_rejects_a_baseline_other_than_1():
 
     with pytest.raises(SystemExit):
         main(["run", "--out", "x.json", "--every", "2,4"])
+
+
+def test_the_refine_runs_calibration_prompt_is_regenerated_by_its_seed(tmp_path):
+    """The pattern-reuse refine run calibrated on passkey prompt 15 of ``passkey_samples(..., 16x, 16, seed=0)``
+    (benchmarks/README.md says how to write it); its uint16 bytes hash to the file the run read."""
+    import hashlib
+
+    import numpy as np
+
+    from sgl_qwen1m.model.spec import BUNDLED_MODEL_DIR, read_config, train_length
+    from sgl_qwen1m.model.tasks import TaskBuilder
+    from sgl_qwen1m.refine.calib import load_calibration
+    from sgl_qwen1m.refine.reuse import passkey_samples
+
+    ids = list(passkey_samples(TaskBuilder(), 16.0, train_length(read_config(BUNDLED_MODEL_DIR)), 16, seed=0)[15]
+               .prompt_ids)
+    raw = np.asarray(ids, dtype=np.uint16).tobytes()
+    assert len(ids) == 16344
+    assert hashlib.sha256(raw).hexdigest() == "01bc113e982b8e3fd9ca2dc2041752c0ea4f79b4bd78884d2eef3eeeb07977e1"
+    (tmp_path / "calib.bin").write_bytes(raw)
+    assert load_calibration(str(tmp_path / "calib.bin"), 16344, 1, BUNDLED_MODEL_DIR) == [ids]
