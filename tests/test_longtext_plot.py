@@ -91,3 +91,21 @@ def test_merge_adds_greedy_agreement_from_the_records(tmp_path):
     assert agree == committed and agree[-1]["task"] == "all" and agree[-1]["samples"] == 240
     with pytest.raises(ValueError, match="no per-prompt records of that backend"):
         merge_longtext(files, "cmd", agree_with="qwen1m-sparse")
+
+
+def test_refine_report_rows_match_the_committed_report():
+    import gzip
+
+    from sgl_qwen1m.evals.longtext_plot import refine_rows
+
+    report = json.loads(gzip.decompress((RES / "model" / "refined_32k.report.json.gz").read_bytes()))
+    rows = refine_rows(report, "text-lm", 2048)
+    got = {(r["metric"], r["backend"]): r for r in rows}
+    s = report["summary"]
+    assert got[("recall_min", "qwen1m-sparse-start")]["value"] == s["recall_min_over_heads_before"]
+    assert got[("recall_min", "qwen1m-sparse-refined")]["value"] == s["recall_min_over_heads_after"] >= s["target"]
+    assert got[("recall", "qwen1m-sparse-refined")]["value"] > got[("recall", "qwen1m-sparse-start")]["value"]
+    assert all(r["length_multiple"] == 16.0 and r["prompt_tokens"] == 32768 for r in rows)
+    committed = [r for r in json.loads((RES / "text_lm_h100.json").read_text())["rows"]
+                 if r.get("task") == "refine_calibration"]
+    assert committed == rows

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-__all__ = ["IN_LENGTH", "whole_sequence_rows", "in_length_rows", "merge_longtext", "plot_longtext",
+__all__ = ["IN_LENGTH", "whole_sequence_rows", "in_length_rows", "merge_longtext", "refine_rows", "plot_longtext",
            "plot_training_loss", "register"]
 
 IN_LENGTH = "in-length windows"  # eval longtext's content-matched in-length row
@@ -34,13 +34,15 @@ def _train_len_label(rows: Sequence[dict[str, Any]]) -> str:
     return "training-length"
 
 
-def merge_longtext(paths: Sequence[Union[str, Path]], command: str, agree_with: Optional[str] = None) -> dict[str, Any]:
+def merge_longtext(paths: Sequence[Union[str, Path]], command: str, agree_with: Optional[str] = None,
+                   refine_report: Optional[Union[str, Path]] = None) -> dict[str, Any]:
     """One results document with the rows of every ``eval longtext`` file in ``paths`` (each backend once),
     ``command`` the command that made them all, and ``runs`` the command, date and GPU of each file.
 
     ``agree_with`` (a backend): also ``greedy_agreement`` rows (:func:`sgl_qwen1m.evals.harness.agreement_rows`:
     share of retrieval prompts whose greedy outputs are identical) of every other backend against it, from the
-    files' per-prompt records."""
+    files' per-prompt records. ``refine_report`` (``refine``'s report, ``.json`` or ``.json.gz``): also its
+    :func:`refine_rows`."""
     docs = [json.loads(Path(p).read_text()) for p in paths]
     if not docs:
         raise ValueError("merge_longtext: no results files given")
@@ -53,6 +55,14 @@ def merge_longtext(paths: Sequence[Union[str, Path]], command: str, agree_with: 
         rows += d["rows"]
     if agree_with is not None:
         rows += _agreement(paths, docs, agree_with, rows[0].get("model"))
+    if refine_report is not None:
+        import gzip
+
+        raw = Path(refine_report).read_bytes()
+        report = json.loads(gzip.decompress(raw) if str(refine_report).endswith(".gz") else raw)
+        train = next((round(r["prompt_tokens"] / r["length_multiple"]) for r in rows
+                      if r.get("length_multiple") and r.get("prompt_tokens")), None)
+        rows += refine_rows(report, rows[0].get("model"), train)
     runs = [{"file": Path(p).name, "command": d.get("command"), "date": d.get("date"), "gpu": d.get("gpu"),
              **({"records_file": d["records_file"]} if "records_file" in d else {})} for p, d in zip(paths, docs)]
     return {"command": command, "gpu": docs[0].get("gpu"), "versions": docs[0].get("versions"),
@@ -73,6 +83,27 @@ def whole_sequence_rows(rows: Sequence[dict[str, Any]]) -> dict[str, dict[float,
     out: dict[str, dict[float, float]] = {}
     for (backend, m), r in sorted(widest.items()):
         out.setdefault(backend, {})[m] = float(r["value"])
+    return out
+
+
+def refine_rows(report: dict[str, Any], model: Optional[str], train_len: Optional[int]) -> list[dict[str, Any]]:
+    """Results rows of a ``refine`` report: attention recall at the calibration length before (backend
+    ``qwen1m-sparse-start``, the starting budgets) and after (``qwen1m-sparse-refined``) refinement. ``recall``: mean
+    over heads of each head's mean recall over its sampled queries; ``recall_min``: the smallest head mean (the
+    statistic the target applies to); ``query_recall_min``: the worst single sampled query of any head."""
+    s, heads = report["summary"], report["heads"]
+    n = int(s["calibration_length"])
+    out = []
+    for backend, when in (("qwen1m-sparse-start", "before"), ("qwen1m-sparse-refined", "after")):
+        common = {"backend": backend, "task": "refine_calibration", "prompt_tokens": n,
+                  "length_multiple": n / train_len if train_len else None, "sequences": s["calibration_sequences"],
+                  "heads": len(heads), "target": s["target"], **({"model": model} if model else {})}
+        out.append({"metric": "recall", **common,
+                    "value": sum(h[f"recall_mean_{when}"] for h in heads) / len(heads)})
+        out.append({"metric": "recall_min", **common, "value": min(h[f"recall_{when}"] for h in heads),
+                    "statistic": f"smallest per-head {s['stat']} recall",
+                    "query_recall_min": min(h[f"recall_min_{when}"] for h in heads),
+                    "budget_keys_per_query": s[f"budget_keys_per_query_{when}"]})
     return out
 
 
@@ -188,6 +219,8 @@ def register(sub: Any) -> None:
     p.add_argument("--out", required=True, help="PNG path")
     p.add_argument("--merge-out", default=None, help="also write one results file with every file's rows")
     p.add_argument("--command", default=None, help="the command that made the files (the merged file's command)")
+    p.add_argument("--refine-report", default=None, help="with --merge-out: also the recall rows of this refine "
+                   "report (before and after)")
     p.add_argument("--agree-with", default=None, help="with --merge-out: greedy agreement of every backend's "
                    "retrieval outputs with this backend's (e.g. qwen1m-dense)")
     p.set_defaults(handler=_run)
@@ -198,7 +231,7 @@ def _run(args: Any, argv: list[str]) -> int:
         from sgl_qwen1m.jsonout import dumps
 
         doc = merge_longtext(args.json, args.command or "python -m sgl_qwen1m eval " + " ".join(argv),
-                             args.agree_with)
+                             args.agree_with, args.refine_report)
         import shlex
 
         doc["merged_by"] = "python -m sgl_qwen1m eval " + shlex.join(argv)
