@@ -3,8 +3,10 @@
 # `setsid nohup bash scripts/gpu/lm_chain.sh STEPS ... &` then `bash scripts/gpu/fp8_chain.sh --wait 575` per call).
 # The commands are those of docs/text-lm-and-refinement.md; runs/ stays on the warm machine between calls.
 #
-# STEPS (comma list, run in the order given): data, train, dense, rope, refine, sparse-refined, sparse-start,
-# sparse-default, work.
+# STEPS (comma list, run in the order given): data, train, train-alt, pick, dense, rope, refine, sparse-refined,
+# sparse-start, sparse-default, work.
+#   train-alt + pick: a second recipe (ALT_TRAIN_ARGS) into runs/lm/model-alt; pick keeps the one whose final
+#   in-length retrieval probe is higher as runs/lm/model (the evaluations' model); both training logs are kept.
 #   sparse-start: the budgets refinement starts from (128 vertical / 256 slash per head: the "unrefined" row);
 #   sparse-default: MInference's defaults (1000 / 6096), near-dense at 2K-64K;
 #   work: share of dense causal work the sparse kernel computes, real attention vs the dummy-weight proxies.
@@ -35,6 +37,28 @@ for s in ${1//,/ }; do
         timeout 1800 python3 -m sgl_qwen1m train-lm --data "$D" --out "$M" --device cuda \
             --probe-every "${PROBE_EVERY:-100}" ${TRAIN_ARGS:-} 2>&1 | tee "$R/train_text_lm_$G.log"
         cp "$M"/config.json "$M"/*.json "$R/" 2>/dev/null ;;
+    train-alt)  # the same data and probe with ALT_TRAIN_ARGS (default: 4x the optimizer steps, same tokens)
+        timeout 1800 python3 -m sgl_qwen1m train-lm --data "$D" --out runs/lm/model-alt --device cuda \
+            --probe-every "${PROBE_EVERY:-100}" ${ALT_TRAIN_ARGS:---batch 16 --steps 3200 --probe-every 400} 2>&1 |
+            tee "$R/train_alt_text_lm_$G.log"
+        mkdir -p "$R/model-alt" && cp runs/lm/model-alt/config.json runs/lm/model-alt/training_log.json "$R/model-alt/" ;;
+    pick)  # keep the model whose last in-length retrieval probe (both styles summed) is higher as runs/lm/model
+        python3 - "$M" runs/lm/model-alt <<'PY' 2>&1 | tee "$R/pick_$G.log"
+import json, shutil, sys
+score = {}
+for d in sys.argv[1:]:
+    p = json.load(open(f"{d}/training_log.json"))["retrieval_probes"][-1]
+    score[d] = p["code_retrieval"] + p["code_retrieval_restate"]
+    print(d, p)
+base, alt = sys.argv[1:]
+if score[alt] > score[base]:
+    shutil.move(base, base + "-base")
+    shutil.move(alt, base)
+    print(f"picked {alt} (now {base}; the other is {base}-base)")
+else:
+    print(f"kept {base}")
+PY
+        ;;
     dense) ev "$M" qwen1m-dense qwen1m dense_text_lm_$G.json ;;
     rope)
         python3 -m sgl_qwen1m model export-rope-variant --model "$M" --out runs/lm/rope &&

@@ -18,5 +18,5 @@ if echo "$G" | grep -q H200; then
 else
     [ -n "${PRE_STEPS-est-tests}" ] && bash scripts/gpu/load_chain.sh "${PRE_STEPS-est-tests}"  # PRE_STEPS= skips
     rm -f /tmp/r/chain.done
-    bash scripts/gpu/lm_chain.sh "${LM_STEPS:-data,train,dense,rope,refine,sparse-refined,sparse-start,work,sparse-default}"
+    bash scripts/gpu/lm_chain.sh "${LM_STEPS:-data,train,train-alt,pick,dense,rope,refine,sparse-refined,sparse-start,work,sparse-default}"
 fi
