@@ -212,15 +212,10 @@ assert points[-1][3] > points[0][3], "recall must grow with the budget"
 
 # %%
 import glob
-import gzip
-import json
 import subprocess
 import sys
 
-
-def read_json(path):
-    raw = Path(path).read_bytes()
-    return json.loads(gzip.decompress(raw) if str(path).endswith(".gz") else raw)
+from sgl_qwen1m.jsonout import load as read_json
 
 
 LM_DIR = ROOT / "runs" / "lm"

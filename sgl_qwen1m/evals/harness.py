@@ -223,21 +223,17 @@ def write_results(
 
 
 def write_records(results_path: Union[str, Path], records: Sequence[dict[str, Any]]) -> Path:
-    """``records`` as gzip-compressed JSON at ``<results stem>.records.json.gz`` (fixed mtime: same bytes for the
-    same records)."""
-    import gzip
-
-    from sgl_qwen1m.jsonout import dumps
+    """``records`` as gzip-compressed JSON at ``<results stem>.records.json.gz`` (:func:`sgl_qwen1m.jsonout.write`:
+    same bytes for the same records)."""
+    from sgl_qwen1m.jsonout import write
 
     p = Path(results_path)
-    rp = p.with_name(p.stem + ".records.json.gz")
-    rp.write_bytes(gzip.compress((dumps(list(records)) + "\n").encode(), mtime=0))
-    return rp
+    return write(p.with_name(p.stem + ".records.json.gz"), list(records))
 
 
 def read_records(results_path: Union[str, Path]) -> list[dict[str, Any]]:
     """Per-prompt records of a results file: its ``records_file`` (or an inline ``records`` list)."""
-    import gzip
+    from sgl_qwen1m.jsonout import load
 
     p = Path(results_path)
     doc = json.loads(p.read_text())
@@ -245,7 +241,7 @@ def read_records(results_path: Union[str, Path]) -> list[dict[str, Any]]:
         return list(doc["records"])
     if "records_file" not in doc:
         raise ValueError(f"{p} has no per-prompt records")
-    return json.loads(gzip.decompress((p.parent / doc["records_file"]).read_bytes()))
+    return load(p.parent / doc["records_file"])
 
 
 def reference_accuracy(

@@ -27,11 +27,15 @@ def in_length_rows(rows: Sequence[dict[str, Any]]) -> dict[str, dict[float, dict
     return out
 
 
+def _train_len(rows: Sequence[dict[str, Any]]) -> Optional[int]:
+    """The training length the rows' ``prompt_tokens`` / ``length_multiple`` imply (None if no row has both)."""
+    return next((round(r["prompt_tokens"] / r["length_multiple"]) for r in rows
+                 if r.get("length_multiple") and r.get("prompt_tokens")), None)
+
+
 def _train_len_label(rows: Sequence[dict[str, Any]]) -> str:
-    for r in rows:
-        if r.get("length_multiple") and r.get("prompt_tokens"):
-            return f"{round(r['prompt_tokens'] / r['length_multiple']):,}-token"
-    return "training-length"
+    n = _train_len(rows)
+    return f"{n:,}-token" if n else "training-length"
 
 
 def merge_longtext(paths: Sequence[Union[str, Path]], command: str, agree_with: Optional[str] = None,
@@ -56,13 +60,9 @@ def merge_longtext(paths: Sequence[Union[str, Path]], command: str, agree_with: 
     if agree_with is not None:
         rows += _agreement(paths, docs, agree_with, rows[0].get("model"))
     if refine_report is not None:
-        import gzip
+        from sgl_qwen1m.jsonout import load
 
-        raw = Path(refine_report).read_bytes()
-        report = json.loads(gzip.decompress(raw) if str(refine_report).endswith(".gz") else raw)
-        train = next((round(r["prompt_tokens"] / r["length_multiple"]) for r in rows
-                      if r.get("length_multiple") and r.get("prompt_tokens")), None)
-        rows += refine_rows(report, rows[0].get("model"), train)
+        rows += refine_rows(load(refine_report), rows[0].get("model"), _train_len(rows))
     runs = [{"file": Path(p).name, "command": d.get("command"), "date": d.get("date"), "gpu": d.get("gpu"),
              **({"records_file": d["records_file"]} if "records_file" in d else {})} for p, d in zip(paths, docs)]
     return {"command": command, "gpu": docs[0].get("gpu"), "versions": docs[0].get("versions"),
@@ -109,14 +109,12 @@ def refine_rows(report: dict[str, Any], model: Optional[str], train_len: Optiona
 
 def _agreement(paths: Sequence[Union[str, Path]], docs: list[dict[str, Any]], reference: str,
                model: Optional[str]) -> list[dict[str, Any]]:
-    import gzip
-
-    from sgl_qwen1m.evals.harness import Record, agreement_rows
+    from sgl_qwen1m.evals.harness import Record, agreement_rows, read_records
 
     recs: dict[str, list[Record]] = {}
     for p, d in zip(paths, docs):
         if "records_file" in d:
-            raw = json.loads(gzip.decompress((Path(p).parent / d["records_file"]).read_bytes()))
+            raw = read_records(p)
             if raw:
                 recs[raw[0]["backend"]] = [Record(**r) for r in raw]
     if reference not in recs:
@@ -228,14 +226,14 @@ def register(sub: Any) -> None:
 
 def _run(args: Any, argv: list[str]) -> int:
     if args.merge_out:
-        from sgl_qwen1m.jsonout import dumps
+        from sgl_qwen1m.jsonout import write
 
         doc = merge_longtext(args.json, args.command or "python -m sgl_qwen1m eval " + " ".join(argv),
                              args.agree_with, args.refine_report)
         import shlex
 
         doc["merged_by"] = "python -m sgl_qwen1m eval " + shlex.join(argv)
-        Path(args.merge_out).write_text(dumps(doc) + "\n")
+        write(args.merge_out, doc)
         print(f"wrote {args.merge_out} ({len(doc['rows'])} rows from {len(args.json)} files)")
     path = plot_longtext(args.json, args.out)
     print(f"{path} ({path.stat().st_size // 1024} KB)")

@@ -74,14 +74,9 @@ def _run(ns: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _write_maps(path: str, length: int, maps: list, model: str) -> str:
-    import gzip
     from pathlib import Path
 
-    from sgl_qwen1m.jsonout import dumps
+    from sgl_qwen1m.jsonout import write
     from sgl_qwen1m.refine.maps import maps_document
 
-    text = dumps(maps_document(length, maps, Path(model).name), width=100000) + "\n"
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_bytes(gzip.compress(text.encode(), mtime=0) if p.suffix == ".gz" else text.encode())
-    return str(p)
+    return str(write(path, maps_document(length, maps, Path(model).name), width=100000))

@@ -3,7 +3,7 @@
 For one prompt and layer, the estimator's scores of the prompt's last piece (:func:`~sgl_qwen1m.ops.sparse.
 prompt_ref.piece_scores`: softmax mass of the last ``last_q`` queries per key column, ``vertical [H, L]``, and per
 diagonal offset ``o = query_pos - key_pos``, ``slash [H, L]``) are summed into log-spaced bins: bin 0 is position
-(or offset) 0, then ``[1, 2)``, ``[2, 4)``, ... up to ``L`` (``ceil(log2 L) + 1`` bins). Sinks (columns near 0) and
+(or offset) 0, then ``[1, 2)``, ``[2, 4)``, ... up to ``L``. Sinks (columns near 0) and
 local attention (offsets near 0) stay resolved; the far field is a few wide bins. Each row sums to the scored mass
 (``last_q`` per head: every query's softmax sums to 1), so bins read as "share of attention".
 
@@ -13,7 +13,6 @@ local attention (offsets near 0) stay resolved; the far field is a few wide bins
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -53,7 +52,7 @@ def layer_maps(vertical: torch.Tensor, slash: torch.Tensor) -> dict[str, list[li
 
 def maps_document(length: int, layers: list[dict[str, Any]], model: str = "") -> dict[str, Any]:
     """The ``--maps`` file: bin edges, one :func:`layer_maps` per layer, and how to read them."""
-    return {"model": model, "prompt_tokens": length, "bin_edges": log_bin_edges(length), "layers": layers,
-            "bins": math.ceil(math.log2(max(length, 2))) + 1,
+    edges = log_bin_edges(length)
+    return {"model": model, "prompt_tokens": length, "bin_edges": edges, "layers": layers, "bins": len(edges) - 1,
             "note": "estimator scores of the prompt's last piece (last_q queries), per head, summed in log-spaced "
                     "bins of key position (vertical) and of diagonal offset query - key (slash); each row sums to 1"}
