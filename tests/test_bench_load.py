@@ -85,7 +85,7 @@ def test_load_run_end_to_end_against_a_stand_in_server(server, tmp_path, monkeyp
     monkeypatch.setattr(load, "make_prompt", lambda n, seed=0: ([0] if seed == 100 else [7]) + real(n, seed)[1:])
     out = tmp_path / "load.json"
     o = LoadOptions(url=server, out=str(out), long_tokens=LONG, streams=3, chat_prompt=10, chat_rate=4.0,
-                    chat_new_tokens=10_000, timeout_s=30, plot=False, scenario="t")
+                    chat_new_tokens=10_000, timeout_s=30, plot=False, scenario="t", kv_dtype="fp8_e4m3")
     s = run_load(o, ["load"])
     assert s["ttft_idle_s"] == pytest.approx(LONG * MS_PER_PROMPT_TOKEN / 1e3, abs=0.15)
     assert s["ttft_ratio_vs_idle"] == pytest.approx(1.0, abs=0.3)
@@ -97,11 +97,12 @@ def test_load_run_end_to_end_against_a_stand_in_server(server, tmp_path, monkeyp
     assert validate(data) == []
     metrics = {r["metric"] for r in data["rows"]}
     assert {"itl_p50_ms", "itl_p99_ms", "itl_max_ms", "chat_ttft_s", "ttft_ratio_vs_idle", "ttft_s"} <= metrics
-    assert all(r["scenario"] == "t" and r["prompt_tokens"] == LONG for r in data["rows"])
+    assert all(r["scenario"] == "t" and r["prompt_tokens"] == LONG and r["kv_dtype"] == "fp8_e4m3"
+               for r in data["rows"])
     # the timeline beside the JSON: every stream, arrivals back to the same ms, the stall visible, plottable anywhere
     tl = json.loads((tmp_path / "load.t.timeline.json").read_text())
     assert s["timeline"] == str(tmp_path / "load.t.timeline.json")
-    assert tl["prefill_ms"][1] == pytest.approx(s["ttft_s"] * 1e3, abs=2)
+    assert tl["prefill_ms"][1] - tl["prefill_ms"][0] == pytest.approx(s["ttft_s"] * 1e3, abs=2)  # ms rounding
     assert {x["name"] for x in tl["streams"]} >= {"chat0", "chat1", "chat2", "new0"}
     chat0 = next(x for x in tl["streams"] if x["name"] == "chat0")
     ts, ns = load._events(chat0)

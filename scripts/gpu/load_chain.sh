@@ -18,18 +18,23 @@
 #   stages-1m      issue 18: GPU time per prefill stage of one 1,000,000-token prompt (7B-1M, -local weights,
 #                  chunk 16384; torch profiler, GPU kernels only; bench stages) (~4 min)
 #   q3-dense512    issue 14: Qwen3-30B-A3B at 512K, FP8 KV, sparse (-local) and dense prefill in one run (~6 min)
-# Results go to /tmp/r/<experiment>/ (load-h200, scheduler-profile, gpu-tests, speed-<gpu>), server logs beside them.
+# Results go to /tmp/r/<experiment>/ (load-<gpu>, scheduler-profile, gpu-tests, speed-<gpu>), server logs beside them.
 # REV=<commit> in the environment labels the stages-1m rows with the tree they measured.
 set -u
 R=/tmp/r
-mkdir -p "$R/load-h200" "$R/scheduler-profile" "$R/gpu-tests"
 G=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n1 | grep -o -i -E 'h100|h200' | tr A-Z a-z)
+mkdir -p "$R/load-$G" "$R/scheduler-profile" "$R/gpu-tests"
+# The 7B-1M runs keep a bf16 KV pool on an H200; an H100 cannot hold 1M tokens of it next to the weights (~56 GiB of
+# KV + 14 GiB), so there they use FP8 KV (KVD=... overrides; the rows carry kv_dtype).
+KVD=${KVD:-$([ "$G" = h200 ] && echo auto || echo fp8_e4m3)}
+KVA=(); [ "$KVD" = auto ] || KVA=(--kv-cache-dtype "$KVD")
+KVL=$([ "$KVD" = auto ] && echo bfloat16 || echo "$KVD")
 M1=benchmarks/models/qwen2.5-7b-1m-shape
 M7=benchmarks/models/qwen2.5-7b-shape
 M30=benchmarks/models/qwen3-30b-a3b-instruct-2507-1m-shape
 URL=http://127.0.0.1:30000
-PROFILE="$R/scheduler-profile/h200.json"
-OUTL="$R/load-h200/load_h200.json"
+PROFILE="$R/scheduler-profile/$G.json"
+OUTL="$R/load-$G/load_$G.json"
 
 srv() {  # srv LOG MODEL BACKEND CHUNK [extra launch_server args...]: start, wait for /health (10 min at most)
     python3 -m sglang.launch_server --model-path "$2" --load-format dummy --skip-tokenizer-init \
@@ -46,40 +51,43 @@ local_w() {  # the -local weights; if that fails the run goes on with the dummy 
 q3_budgets() {  # Qwen3's own budgets are not public here: every head gets the 14B-1M means (as fp8_chain.sh)
     [ -f /tmp/qwen3-sparse/sparse_attention_config.json ] || python3 -m sgl_qwen1m model export-sparse-variant \
         --model "$M30" --out /tmp/qwen3-sparse --vertical 2357 --slash 6055 --threshold 32768; }
+use_profile() {  # the profile measured by step `profile`, else the stored one of this GPU (profiles/<gpu>.json)
+    if [ -f "$PROFILE" ]; then export QWEN1M_SCHEDULER_PROFILE="$PROFILE"; else unset QWEN1M_SCHEDULER_PROFILE
+        echo "no measured profile at $PROFILE: the scheduler uses the stored profile of this GPU"; fi; }
 dense_copy() { rm -rf /tmp/m1-dense && mkdir -p /tmp/m1-dense && cp "$M1/config.json" /tmp/m1-dense/; }
 
 for s in ${1//,/ }; do
     echo "=== $(date +%T) $s"
     case "$s" in
     profile)
-        srv "$R/scheduler-profile/profile_server.log" "$M1" qwen1m 16384 && local_w "$M1" &&
+        srv "$R/scheduler-profile/profile_server_$G.log" "$M1" qwen1m 16384 "${KVA[@]}" && local_w "$M1" &&
             timeout 900 python3 -m sgl_qwen1m bench profile --url "$URL" --model-dir "$M1" --max-tokens 512K \
                 --chunks 2048,8192,16384 --out "$PROFILE"
         stop ;;
     load-sglang)
-        srv "$R/load-h200/sglang_scheduling_server.log" "$M1" qwen1m 16384 && local_w "$M1" &&
+        srv "$R/load-$G/sglang_scheduling_server.log" "$M1" qwen1m 16384 "${KVA[@]}" && local_w "$M1" &&
             timeout 900 python3 -m sgl_qwen1m bench load --url "$URL" --long-tokens 1000000 --streams 8 \
-                --chat-rate 0.5 --backend "qwen1m-sparse$W" --scenario sglang-scheduling --no-plot --out "$OUTL"
+                --chat-rate 0.5 --backend "qwen1m-sparse$W" --scenario sglang-scheduling --kv-dtype "$KVL" --no-plot --out "$OUTL"
         stop ;;
     load-policy)
-        QWEN1M_SCHEDULER=1 QWEN1M_ITL_TARGET_MS=1000 QWEN1M_SCHEDULER_PROFILE="$PROFILE" \
-            srv "$R/load-h200/qwen1m_policy_server.log" "$M1" qwen1m 16384 --enable-mixed-chunk && local_w "$M1" &&
+        use_profile; QWEN1M_SCHEDULER=1 QWEN1M_ITL_TARGET_MS=1000 \
+            srv "$R/load-$G/qwen1m_policy_server.log" "$M1" qwen1m 16384 --enable-mixed-chunk "${KVA[@]}" && local_w "$M1" &&
             timeout 900 python3 -m sgl_qwen1m bench load --url "$URL" --long-tokens 1000000 --streams 8 \
-                --chat-rate 0.5 --backend "qwen1m-sparse$W" --scenario qwen1m-policy --no-plot --out "$OUTL"
+                --chat-rate 0.5 --backend "qwen1m-sparse$W" --scenario qwen1m-policy --kv-dtype "$KVL" --no-plot --out "$OUTL"
         stop ;;
     load-fi)
-        srv "$R/load-h200/stock_mixed_chunk_server.log" "$M7" flashinfer 8192 --enable-mixed-chunk \
+        srv "$R/load-$G/stock_mixed_chunk_server.log" "$M7" flashinfer 8192 --enable-mixed-chunk \
                 --context-length 270336 && local_w "$M7" &&
             timeout 900 python3 -m sgl_qwen1m bench load --url "$URL" --long-tokens 256K --streams 8 \
-                --chat-rate 0.5 --backend "flashinfer$W" --scenario stock-mixed-chunk --no-plot --out "$OUTL"
+                --chat-rate 0.5 --backend "flashinfer$W" --scenario stock-mixed-chunk --kv-dtype bfloat16 --no-plot --out "$OUTL"
         stop ;;
     dense-policy)
         dense_copy
-        QWEN1M_SCHEDULER=1 QWEN1M_ITL_TARGET_MS=1000 QWEN1M_SCHEDULER_PROFILE="$PROFILE" \
-            srv "$R/load-h200/dense_policy_server.log" /tmp/m1-dense qwen1m 16384 --enable-mixed-chunk &&
+        use_profile; QWEN1M_SCHEDULER=1 QWEN1M_ITL_TARGET_MS=1000 \
+            srv "$R/load-$G/dense_policy_server.log" /tmp/m1-dense qwen1m 16384 --enable-mixed-chunk "${KVA[@]}" &&
             for n in 256K 512K; do
                 timeout 900 python3 -m sgl_qwen1m bench load --url "$URL" --long-tokens "$n" --streams 8 \
-                    --chat-rate 0.5 --backend qwen1m-dense --scenario qwen1m-dense-policy --no-plot --out "$OUTL"
+                    --chat-rate 0.5 --backend qwen1m-dense --scenario qwen1m-dense-policy --kv-dtype "$KVL" --no-plot --out "$OUTL"
             done
         stop ;;
     est-tests)

@@ -51,6 +51,7 @@ class LoadOptions:
     skip_idle: bool = False
     plot: bool = True
     gpu: str = "unknown"
+    kv_dtype: str = ""  # the server's --kv-cache-dtype, stored on every row when given
 
 
 @dataclass
@@ -176,7 +177,7 @@ def run_load(o: LoadOptions, argv: Optional[list[str]] = None) -> dict[str, Any]
     gaps = [g for t in traces for g in t.gaps(t_long, t_end)]
     res = Results.open(o.out, command=command_line(argv), gpu=o.gpu)
     extra = {"case": o.scenario, "scenario": o.scenario, "streams": o.streams, "chat_rate": o.chat_rate,
-             "chat_prompt": o.chat_prompt}
+             "chat_prompt": o.chat_prompt, **({"kv_dtype": o.kv_dtype} if o.kv_dtype else {})}
     summary: dict[str, Any] = {"ttft_s": t_end - long.sent}
     if idle is not None:
         summary["ttft_idle_s"] = idle.first_token - idle.sent  # type: ignore[operator]
@@ -195,7 +196,7 @@ def run_load(o: LoadOptions, argv: Optional[list[str]] = None) -> dict[str, Any]
         res.backend_info(o.backend, save=False, error="; ".join(errors[:5]))
     res.save()
     summary.update(gaps=len(gaps), chats_started=len(arrivals), errors=errors)
-    doc = timeline_doc(traces, t_long, t_end, o)
+    doc = timeline_doc(traces, t_long, t_end, o, long_sent=long.sent)
     tl_path = Path(o.out).with_suffix(f".{o.scenario}.timeline.json")
     tl_path.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
     summary["timeline"] = str(tl_path)
@@ -204,10 +205,12 @@ def run_load(o: LoadOptions, argv: Optional[list[str]] = None) -> dict[str, Any]
     return summary
 
 
-def timeline_doc(traces: Sequence[StreamTrace], t_long: float, t_end: float, o: LoadOptions) -> dict[str, Any]:
+def timeline_doc(traces: Sequence[StreamTrace], t_long: float, t_end: float, o: LoadOptions,
+                 long_sent: Optional[float] = None) -> dict[str, Any]:
     """Every stream's token arrivals in integer ms since the long prompt was sent, delta-encoded (``dt_ms``: first
     arrival minus ``sent_ms``, then gaps); ``tokens`` only when a stream event carried more than one token. Plus the
-    prefill window (``prefill_ms``), the scenario and its settings: what :func:`plot_timeline` draws."""
+    prefill window (``prefill_ms``: from the long request's send, ``long_sent``, default ``t_long``, to its first
+    token), the scenario and its settings: what :func:`plot_timeline` draws."""
     streams = []
     for t in traces:
         ms = [round((e[0] - t_long) * 1e3) for e in t.events]
@@ -219,9 +222,10 @@ def timeline_doc(traces: Sequence[StreamTrace], t_long: float, t_end: float, o: 
         if t.error:
             item["error"] = t.error
         streams.append(item)
+    start = t_long if long_sent is None else long_sent
     return {"scenario": o.scenario, "backend": o.backend, "long_tokens": o.long_tokens, "streams_n": o.streams,
-            "chat_rate": o.chat_rate, "gpu": o.gpu, "prefill_ms": [0, round((t_end - t_long) * 1e3)],
-            "streams": streams}
+            "chat_rate": o.chat_rate, "gpu": o.gpu,
+            "prefill_ms": [round((start - t_long) * 1e3), round((t_end - t_long) * 1e3)], "streams": streams}
 
 
 def _events(item: dict[str, Any]) -> tuple[list[float], list[int]]:

@@ -41,6 +41,7 @@ def register(sub: Any) -> None:
     ld.add_argument("--chat-rate", type=float, default=0.5, help="new chats per second during the prefill")
     ld.add_argument("--scenario", default="long+chats", help="label of this run (rows are keyed by it)")
     ld.add_argument("--backend", default="qwen1m-sparse", help="label of the server's configuration")
+    ld.add_argument("--kv-dtype", default="", help="the server's --kv-cache-dtype, stored on the rows (e.g. fp8_e4m3)")
     ld.add_argument("--timeout-s", type=positive_float, default=1800.0)
     ld.add_argument("--skip-idle", action="store_true", help="no idle TTFT run (no ttft_ratio_vs_idle)")
     ld.add_argument("--no-plot", dest="plot", action="store_false")
@@ -97,7 +98,7 @@ def _gpu(name: str) -> str:
 def _run_load(ns: argparse.Namespace, argv: list[str]) -> int:
     o = LoadOptions(url=ns.url, out=ns.out, scenario=ns.scenario, backend=ns.backend, long_tokens=ns.long_tokens,
                     streams=ns.streams, chat_prompt=ns.chat_prompt, chat_rate=ns.chat_rate, timeout_s=ns.timeout_s,
-                    skip_idle=ns.skip_idle, plot=ns.plot, gpu=_gpu(""))
+                    skip_idle=ns.skip_idle, plot=ns.plot, gpu=_gpu(""), kv_dtype=ns.kv_dtype)
     print(json.dumps(run_load(o, argv), indent=1))
     return 0
 
