@@ -15,15 +15,15 @@ each, say) merge into one file. A measurement that failed is a row whose ``value
 
 from __future__ import annotations
 
-import datetime as _dt
-import importlib.metadata as _md
 import json
 import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
+
+from sgl_qwen1m.provenance import collect_versions, gpu_name
+from sgl_qwen1m.provenance import now_iso as _now_iso
 
 __all__ = [
     "METRICS",
@@ -48,56 +48,17 @@ METRICS = (
 )
 _REQUIRED = ("command", "gpu", "versions", "date", "rows")
 _ROW_REQUIRED = ("metric", "backend", "prompt_tokens", "value")
-_PACKAGES = ("sglang", "flashinfer-python", "torch", "sglang-kernel", "sgl-kernel", "triton", "transformers")
 
 
 def now_iso() -> str:
     """Local time with offset, to the second."""
-    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    return _now_iso(utc=False)
 
 
 def command_line(argv: Optional[list[str]] = None) -> str:
     """The command as typed: ``python3 -m sgl_qwen1m.bench <args>`` (interpreter name as it ran)."""
     args = sys.argv[1:] if argv is None else argv
     return f"{Path(sys.executable).name or 'python3'} -m sgl_qwen1m.bench " + shlex.join(args)
-
-
-def gpu_name() -> str:
-    """``name, memory.total, driver`` of the first visible GPU from nvidia-smi, or ``"unknown"``."""
-    idx = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip() or "0"
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "-i", idx, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout.strip()
-        return out.splitlines()[0] if out else "unknown"
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return "unknown"
-
-
-def collect_versions(with_torch_cuda: bool = True) -> dict[str, Optional[str]]:
-    """Installed versions (from package metadata, nothing imported) plus ``sgl_qwen1m`` and torch's CUDA."""
-    versions: dict[str, Optional[str]] = {}
-    for pkg in _PACKAGES:
-        try:
-            versions[pkg] = _md.version(pkg)
-        except _md.PackageNotFoundError:
-            continue
-    from sgl_qwen1m import __version__
-
-    versions["sgl_qwen1m"] = __version__
-    versions["python"] = sys.version.split()[0]
-    if with_torch_cuda:
-        try:
-            import torch
-
-            versions["cuda"] = torch.version.cuda
-        except Exception:  # torch missing or broken: record what we know
-            versions["cuda"] = None
-    return versions
 
 
 def row_key(row: dict[str, Any]) -> tuple[Any, ...]:

@@ -12,10 +12,8 @@ plus its answer stays within the training length.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import random
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -185,19 +183,10 @@ def format_table(
 
 
 def environment() -> dict[str, Any]:
-    """GPU name and package versions (without importing SGLang)."""
-    from importlib import metadata
+    """GPU name and package versions (without importing SGLang): :mod:`sgl_qwen1m.provenance`."""
+    from sgl_qwen1m.provenance import collect_versions, short_gpu_name
 
-    import torch
-
-    versions = {"python": sys.version.split()[0], "torch": torch.__version__}
-    for pkg in ("sglang", "flashinfer-python", "sglang-kernel", "transformers", "tokenizers"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return {"gpu": gpu, "versions": versions}
+    return {"gpu": short_gpu_name(), "versions": collect_versions()}
 
 
 def write_results(
@@ -206,16 +195,12 @@ def write_results(
     """Write ``{"command", "gpu", "versions", "date", "rows"}``; per-prompt ``records`` (if given) go to
     ``<name>.records.json.gz`` beside it (gzip, ``zcat`` reads it; the tree has a size budget), named by the
     document's ``records_file``. :func:`read_records` reads them back."""
+    from sgl_qwen1m.jsonout import dumps
+    from sgl_qwen1m.provenance import header
+
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    doc: dict[str, Any] = {
-        "command": command,
-        **environment(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "rows": list(rows),
-    }
-    from sgl_qwen1m.jsonout import dumps
-
+    doc: dict[str, Any] = header(command, **environment(), rows=list(rows))
     if records is not None:
         doc["records_file"] = write_records(out, [asdict(r) for r in records]).name
     out.write_text(dumps(doc) + "\n")

@@ -29,8 +29,6 @@ sparse pieces (``k == 1``: today's behaviour). ``--samples 0``: recall and estim
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import random
 import sys
 import time
@@ -279,18 +277,11 @@ def run_experiment(ns: argparse.Namespace, log=print) -> dict[str, Any]:  # noqa
 
 
 def _document(ns: argparse.Namespace, rows: list, records: list, checks: list, note: str) -> dict[str, Any]:
-    from importlib import metadata
+    from sgl_qwen1m.provenance import collect_versions, header
 
-    from sgl_qwen1m import __version__
-
-    versions = {"python": sys.version.split()[0], "torch": torch.__version__, "sgl_qwen1m": __version__}
-    try:
-        versions["tokenizers"] = metadata.version("tokenizers")
-    except metadata.PackageNotFoundError:
-        pass
-    return {"command": "python -m sgl_qwen1m.refine.reuse " + " ".join(ns.argv), "gpu": "cpu", "versions": versions,
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "note": note, "rows": rows,
-            "oracle_check": checks, "records": records}
+    return header("python -m sgl_qwen1m.refine.reuse " + " ".join(ns.argv), gpu="cpu",
+                  versions=collect_versions(with_torch_cuda=False), note=note, rows=rows, oracle_check=checks,
+                  records=records)
 
 
 def _ints(text: str) -> list[int]:

@@ -154,25 +154,11 @@ def _run(ns: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _write(path: str, rows: list[dict[str, Any]], command: str, device: Any) -> Path:
-    """``{"command", "gpu", "versions", "date", "rows"}`` (the results format; refine may not import evals'
-    ``write_results``, so as ``refine/reuse.py`` does)."""
-    import datetime as _dt
-    import sys
-    from importlib import metadata
-
-    import torch
-
-    from sgl_qwen1m import __version__
+    """``{"command", "gpu", "versions", "date", "rows"}`` (the results format, :mod:`sgl_qwen1m.provenance`)."""
     from sgl_qwen1m.jsonout import dumps
+    from sgl_qwen1m.provenance import header, short_gpu_name
 
-    versions = {"python": sys.version.split()[0], "torch": torch.__version__, "sgl_qwen1m": __version__}
-    try:
-        versions["tokenizers"] = metadata.version("tokenizers")
-    except metadata.PackageNotFoundError:
-        pass
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    doc = {"command": command, "gpu": gpu, "versions": versions,
-           "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "rows": rows}
+    doc = header(command, gpu=short_gpu_name(device), rows=rows)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(dumps(doc) + "\n")

@@ -1,0 +1,26 @@
+"""The results header (``sgl_qwen1m.provenance``): one builder for bench, evals and refine."""
+
+import datetime as dt
+
+import torch
+
+from sgl_qwen1m import __version__
+from sgl_qwen1m.bench.results import _REQUIRED, validate
+from sgl_qwen1m.provenance import collect_versions, header, now_iso, short_gpu_name
+
+
+def test_header_has_the_results_fields_in_order_and_validates():
+    h = header("python -m sgl_qwen1m x", gpu="cpu", rows=[{"metric": "m", "backend": "b", "prompt_tokens": 1,
+                                                           "value": 1.0}])
+    assert list(h)[:4] == ["command", "gpu", "versions", "date"] and set(_REQUIRED) <= set(h)
+    assert validate(h) == []
+    assert h["versions"]["sgl_qwen1m"] == __version__ and h["versions"]["torch"] == torch.__version__
+    assert dt.datetime.fromisoformat(h["date"]).utcoffset() == dt.timedelta(0)  # UTC
+
+
+def test_versions_and_gpu_names():
+    v = collect_versions(with_torch_cuda=False, packages=("torch", "no-such-package-xyz"))
+    assert set(v) == {"torch", "sgl_qwen1m", "python"}
+    assert short_gpu_name(torch.device("cpu")) == "cpu"
+    assert "," not in header("c")["gpu"]  # the name alone, never nvidia-smi's memory and driver columns
+    assert dt.datetime.fromisoformat(now_iso(utc=False)).utcoffset() is not None
