@@ -113,6 +113,13 @@ def test_load_run_end_to_end_against_a_stand_in_server(server, tmp_path, monkeyp
 
     assert main(["bench", "plot", "--kind", "timeline", str(tmp_path / "load.t.timeline.json")]) == 0
     assert (tmp_path / "load.t.timeline.png").stat().st_size > 5000
+    import gzip  # committed timelines are gzipped: the same plot from the .gz, PNG named without .gz
+
+    gz = tmp_path / "gz" / "load.t.timeline.json.gz"
+    gz.parent.mkdir()
+    gz.write_bytes(gzip.compress((tmp_path / "load.t.timeline.json").read_bytes()))
+    assert main(["bench", "plot", "--kind", "timeline", str(gz)]) == 0
+    assert (gz.parent / "load.t.timeline.png").stat().st_size > 5000
 
 
 def test_cli_parses_load_and_derives_the_committed_profile(tmp_path, capsys):

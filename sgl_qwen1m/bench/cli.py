@@ -339,7 +339,8 @@ def _run_plot(ns: argparse.Namespace, argv: list[str]) -> int:
     from .plot import plot_runs, plot_ttft
     from .results import Results, merge_rows
 
-    out = Path(ns.out) if ns.out else Path(ns.json[0]).with_suffix(".png")
+    first = Path(ns.json[0])
+    out = Path(ns.out) if ns.out else first.with_name(first.name.removesuffix(".gz")).with_suffix(".png")
     if ns.kind == "stages":
         from .stages import plot_stages
 
@@ -350,7 +351,9 @@ def _run_plot(ns: argparse.Namespace, argv: list[str]) -> int:
     if ns.kind == "timeline":
         from .load import plot_timeline
 
-        if not plot_timeline(json.loads(Path(ns.json[0]).read_text()), out):
+        from sgl_qwen1m.jsonout import load
+
+        if not plot_timeline(load(first), out):  # *.timeline.json or its gzip, *.timeline.json.gz
             raise SystemExit("bench plot --kind timeline needs matplotlib")
         print(f"{out} ({out.stat().st_size // 1024} KB)")
         return 0
