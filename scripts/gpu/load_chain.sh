@@ -51,9 +51,12 @@ local_w() {  # the -local weights; if that fails the run goes on with the dummy 
 q3_budgets() {  # Qwen3's own budgets are not public here: every head gets the 14B-1M means (as fp8_chain.sh)
     [ -f /tmp/qwen3-sparse/sparse_attention_config.json ] || python3 -m sgl_qwen1m model export-sparse-variant \
         --model "$M30" --out /tmp/qwen3-sparse --vertical 2357 --slash 6055 --threshold 32768; }
-use_profile() {  # the profile measured by step `profile`, else the stored one of this GPU (profiles/<gpu>.json)
-    if [ -f "$PROFILE" ]; then export QWEN1M_SCHEDULER_PROFILE="$PROFILE"; else unset QWEN1M_SCHEDULER_PROFILE
-        echo "no measured profile at $PROFILE: the scheduler uses the stored profile of this GPU"; fi; }
+use_profile() {  # the profile measured by step `profile` when it has every coefficient, else the stored one of
+    # this GPU (sgl_qwen1m/scheduler/profiles/<gpu>.json)
+    if [ -f "$PROFILE" ] && python3 -c "import sys; from sgl_qwen1m.scheduler.profile import Profile
+m = Profile.load(sys.argv[1]).missing; print('measured profile lacks', m) if m else None; sys.exit(bool(m))" \
+            "$PROFILE"; then export QWEN1M_SCHEDULER_PROFILE="$PROFILE"
+    else unset QWEN1M_SCHEDULER_PROFILE; echo "no complete measured profile: the scheduler uses the stored one"; fi; }
 dense_copy() { rm -rf /tmp/m1-dense && mkdir -p /tmp/m1-dense && cp "$M1/config.json" /tmp/m1-dense/; }
 
 for s in ${1//,/ }; do
