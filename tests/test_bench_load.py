@@ -120,6 +120,10 @@ def test_load_run_end_to_end_against_a_stand_in_server(server, tmp_path, monkeyp
     gz.write_bytes(gzip.compress((tmp_path / "load.t.timeline.json").read_bytes()))
     assert main(["bench", "plot", "--kind", "timeline", str(gz)]) == 0
     assert (gz.parent / "load.t.timeline.png").stat().st_size > 5000
+    two = tmp_path / "two.png"  # scenarios side by side: one panel each
+    assert main(["bench", "plot", "--kind", "timeline", str(gz), str(tmp_path / "load.t.timeline.json"),
+                 "--out", str(two)]) == 0
+    assert two.stat().st_size > 5000
 
 
 def test_cli_parses_load_and_derives_the_committed_profile(tmp_path, capsys):

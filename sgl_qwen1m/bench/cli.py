@@ -198,7 +198,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--peak-tflops", type=float, default=800.0)
     p.add_argument("--kind", choices=["ttft", "runs", "timeline", "stages"], default="ttft",
                    help="ttft: TTFT vs length per backend; runs: peak memory / TTFT / decode per model and KV dtype; "
-                        "timeline: one bench load scenario's *.timeline.json; stages: bench stages files, one bar each")
+                        "timeline: bench load scenarios' *.timeline.json (one panel each); "
+                        "stages: bench stages files, one bar each")
     p.add_argument("--gpu-gib", type=float, default=0.0, help="runs: draw the GPU's memory as a line (0 = none)")
     p.set_defaults(handler=_run_plot)
 
@@ -353,7 +354,8 @@ def _run_plot(ns: argparse.Namespace, argv: list[str]) -> int:
 
         from sgl_qwen1m.jsonout import load
 
-        if not plot_timeline(load(first), out):  # *.timeline.json or its gzip, *.timeline.json.gz
+        # *.timeline.json or their gzip (*.timeline.json.gz); several: one panel each, in the order given
+        if not plot_timeline([load(j) for j in ns.json], out):
             raise SystemExit("bench plot --kind timeline needs matplotlib")
         print(f"{out} ({out.stat().st_size // 1024} KB)")
         return 0

@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 from .common import make_prompt, sse_chunks
 from .reliability_http import connect
@@ -237,9 +237,11 @@ def _events(item: dict[str, Any]) -> tuple[list[float], list[int]]:
     return ts, item.get("tokens") or list(range(1, len(ts) + 1))
 
 
-def plot_timeline(doc: dict[str, Any], path: Path) -> bool:
-    """Tokens of each stream over time (one line per stream), the long prompt's prefill shaded, and a tick per engine
-    step inside it (distinct chat token arrivals, 5 ms apart at least); False without matplotlib."""
+def plot_timeline(doc: Union[dict[str, Any], Sequence[dict[str, Any]]], path: Path) -> bool:
+    """Tokens of each stream over time, the long prompt's prefill shaded, and a tick per engine step inside it
+    (distinct chat token arrivals, 5 ms apart at least); one panel per timeline doc (same time axis, so scenarios
+    compare), chats decoding before the long prompt in blue, chats arriving during it in orange. False without
+    matplotlib."""
     try:
         import matplotlib
 
@@ -249,26 +251,37 @@ def plot_timeline(doc: dict[str, Any], path: Path) -> bool:
         from sgl_qwen1m.figures import save_png
     except ImportError:
         return False
+    docs = [doc] if isinstance(doc, dict) else list(doc)
+    fig, axes = plt.subplots(len(docs), 1, figsize=(10, 1.2 + 2.8 * len(docs)), sharex=True, squeeze=False)
+    for ax, d in zip(axes[:, 0], docs):
+        _timeline_panel(ax, d)
+    axes[-1, 0].set_xlabel("seconds since the long prompt was sent")
+    fig.tight_layout()
+    save_png(fig, path, dpi=90)
+    return True
+
+
+def _timeline_panel(ax: Any, doc: dict[str, Any]) -> None:
     lo, hi = (x / 1e3 for x in doc["prefill_ms"])
-    fig, ax = plt.subplots(figsize=(10, 4.5))
     steps: list[float] = []
+    seen: set[bool] = set()
     for item in doc["streams"]:
         ts, ns = _events(item)
-        if ts:
-            ax.step(ts, ns, where="post", lw=0.8, label=item["name"])
-            steps += [x for x in ts if lo < x <= hi]
+        if not ts:
+            continue
+        new = item["sent_ms"] >= doc["prefill_ms"][0]
+        label = None if new in seen else ("chats arriving during the prefill" if new else "chats decoding before it")
+        seen.add(new)
+        ax.step(ts, ns, where="post", lw=0.7, color="C1" if new else "C0", alpha=0.8, label=label)
+        steps += [x for x in ts if lo < x <= hi]
     marks: list[float] = []
     for x in sorted(steps):
         if not marks or x - marks[-1] > 0.005:
             marks.append(x)
-    ax.axvspan(lo, hi, color="0.92", label=f"long prompt prefill ({doc['long_tokens']:,} tokens, {hi:.1f} s)")
+    ax.axvspan(lo, hi, color="0.92", label=f"long prompt prefill ({doc['long_tokens']:,} tokens, {hi - lo:.1f} s)")
     if marks:
         ax.plot(marks, [0] * len(marks), "|", color="k", ms=8, label=f"engine steps in the prefill ({len(marks)})")
-    ax.set_xlabel("seconds since the long prompt was sent")
     ax.set_ylabel("tokens received")
     ax.set_title(f"{doc['backend']}: {doc['scenario']}, {doc['streams_n']} streams, {doc['chat_rate']}/s new chats"
                  + (f" ({doc['gpu']})" if doc.get("gpu") else ""), fontsize=9)
-    ax.legend(fontsize=6, ncol=6, loc="upper left")
-    fig.tight_layout()
-    save_png(fig, path, dpi=100)
-    return True
+    ax.legend(fontsize=7, loc="upper left")
