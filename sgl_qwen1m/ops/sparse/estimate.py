@@ -4,7 +4,7 @@
 pass 1 the fp32 log-sum-exp of every row, pass 2 the softmax column sums (vertical) and diagonal sums (slash).
 Workspace is ``[P, H, L]`` scores plus ``[P, H, S, 64]`` partials: no ``[H, 64, L]`` tensor. With DCA each pass
 walks the inter, succ and intra key regions in turn, each with its own query variant, so one query tile is live
-(selecting the variant per tile cost 41-44% of the estimation time, ``benchmarks/results/sparse-ab-h100/estimate_regions_h100.log``).
+(selecting the variant per tile cost 41-44% of the estimation time, ``benchmarks/results/sparse-ab-h100/estimate_regions_h100.log.gz``).
 
 An FP8 key pool is widened in registers and its per-tensor ``k_scale`` folded into the logit scale.
 
