@@ -24,7 +24,8 @@ import torch
 from sgl_qwen1m.ops.dca.plan import DCAShape, RequestSpan, plan_extend
 from sgl_qwen1m.ops.dca.reference import dca_attention_ref
 from sgl_qwen1m.ops.sparse.plan import PAD
-from sgl_qwen1m.ops.sparse.reference import attention_recall, estimate_vs_ref, pattern_mask_ref, select_vertical_slash
+from sgl_qwen1m.ops.sparse.reference import (attention_recall, estimate_logits_ref, estimate_vs_ref, pattern_mask_ref,
+                                             select_vertical_slash)
 from sgl_qwen1m.config import DCAConfig, HeadBudget, SparseBudgets
 
 pytest.importorskip("triton")
@@ -174,6 +175,19 @@ def test_estimate_matches_reference_and_selects_same_indices(name, kv):
         assert row_of[pc.req] <= pc.q_row0
     torch.testing.assert_close(vert, ref_v, rtol=2e-4, atol=1e-6)
     torch.testing.assert_close(slash, ref_s, rtol=2e-4, atol=1e-6)
+    if name == "dca-chunked":  # pass 1 alone (the stage benchmark times it apart): each row's log2-sum-exp
+        from sgl_qwen1m.ops.sparse.estimate import _estimate
+
+        lse2 = _estimate(case.q5, state, case.k_pool, sm_scale=case.sm_scale, chunk_len=cfg.chunk_len,
+                         k_scale=case.k_scale, passes=1)
+        assert lse2.shape == (len(pp.pieces), 4, 64)
+        for i, pc in enumerate(pp.pieces):
+            n = min(64, pc.q_len)
+            rows = pc.q_row0 + pc.q_len - n + torch.arange(n)
+            pos = torch.arange(pc.q_end - n, pc.q_end)
+            lg = estimate_logits_ref(case.q5[rows.to(DEV)], case.k_seq[pc.req][:pc.q_end], pos, cfg.chunk_len,
+                                     case.sm_scale, float(case.scale[rows[0]]))  # [H, n, L], natural log
+            torch.testing.assert_close(lse2[i, :, :n], torch.logsumexp(lg, -1) / math.log(2), rtol=1e-4, atol=1e-4)
     budget = sp.budgets[0]
     got = select_vertical_slash(vert.clone(), slash.clone(), state.q_end, budget)
     want = select_vertical_slash(ref_v.clone(), ref_s.clone(), state.q_end, budget)

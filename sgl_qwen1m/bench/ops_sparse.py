@@ -153,7 +153,7 @@ def _stage_ms(sp, state, s, layer: int, iters: int) -> dict[str, float]:
     """Per-stage times (ms) of ``SparsePrefill.pattern`` for one layer (each stage synchronised on its own), plus
     the torch reference stages it replaced (``*_torch``)."""
     from sgl_qwen1m.config import LOCAL_DIAGONALS, SINK_COLUMNS
-    from sgl_qwen1m.ops.sparse.estimate import estimate_scores
+    from sgl_qwen1m.ops.sparse.estimate import _estimate, estimate_scores
     from sgl_qwen1m.ops.sparse.reference import select_vertical_slash
     from sgl_qwen1m.ops.sparse.select import pattern_bounds, select_vs
 
@@ -174,6 +174,8 @@ def _stage_ms(sp, state, s, layer: int, iters: int) -> dict[str, float]:
     clone = _ms(sel_in, iters)
     return {
         "estimate_passes": _ms(est, iters),
+        "estimate_pass1_lse": _ms(lambda: _estimate(q5, state, s.k, sm_scale=sp.shape.sm_scale, chunk_len=cl,
+                                                    passes=1), iters),
         "select_topk": _ms(sel, iters),
         "block_pattern_loop_bounds": _ms(
             lambda: pattern_bounds(s_idx, v_idx, state.pieces, num_key_blocks=pp.key_blocks,

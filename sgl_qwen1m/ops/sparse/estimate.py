@@ -202,6 +202,13 @@ def estimate_scores(
     -------
     ``[2, P, H, L]`` float32: vertical scores, then slash scores.
     """
+    return _estimate(q, state, k_cache, sm_scale=sm_scale, chunk_len=chunk_len, k_scale=k_scale)
+
+
+def _estimate(q: torch.Tensor, state: SparseState, k_cache: torch.Tensor, *, sm_scale: float,
+              chunk_len: Optional[int], k_scale: float = 1.0, passes: int = 2) -> torch.Tensor:
+    """:func:`estimate_scores`; ``passes=1`` stops after pass 1 and returns its ``[P, H, 64]`` log2 LSE (the
+    stage benchmark times the two passes apart with it)."""
     q_scale, req_to_token, piece_table = state.q_scale, state.req_to_token, state.piece_table
     max_len = state.plan.max_len
     t, nv, h, d = q.shape
@@ -224,6 +231,8 @@ def estimate_scores(
     mx = m.amax(dim=2, keepdim=True)
     mx_safe = torch.where(torch.isinf(mx), torch.zeros_like(mx), mx)
     lse2 = (mx_safe + torch.log2((l * torch.exp2(m - mx_safe)).sum(2, keepdim=True))).squeeze(2).contiguous()
+    if passes == 1:
+        return lse2
     # rows padded to whole tiles: row strides stay multiples of 16 whatever L is (one Triton specialisation)
     scores = torch.zeros(2, p, h, tiles * BLOCK, dtype=torch.float32, device=q.device)[..., :max_len]
     vert, slash = scores[0], scores[1]

@@ -24,6 +24,7 @@ from sgl_qwen1m.ops.dca.plan import stage_of
 from sgl_qwen1m.ops.sparse.plan import _FORCED, BLOCK, ESTIMATE_VARIANTS, PAD, LayerBudget, PiecePlan
 
 __all__ = [
+    "estimate_logits_ref",
     "estimate_vs_ref",
     "pattern_mask_ref",
     "attention_recall",
@@ -32,6 +33,32 @@ __all__ = [
     "loop_bounds",
     "computed_keys",
 ]
+
+
+def estimate_logits_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    q_positions: torch.Tensor,
+    chunk_len: Optional[int],
+    sm_scale: float,
+    logit_scale: float = 1.0,
+) -> torch.Tensor:
+    """``[H, n, L]`` fp32 logits (natural-log units, ``-inf`` above the causal diagonal) of the estimation rows;
+    arguments as :func:`estimate_vs_ref`. With DCA each key is scored by the query variant of its stage."""
+    n, _, h, _ = q.shape
+    length = k.shape[0]
+    g = h // k.shape[1]
+    kf = k.float().repeat_interleave(g, dim=1)
+    pos = q_positions.long().to(k.device)
+    kpos = torch.arange(length, device=k.device)
+    if chunk_len is None:
+        logits = torch.einsum("nhd,lhd->hnl", q[:, 0].float(), kf)
+    else:
+        per = torch.stack([torch.einsum("nhd,lhd->hnl", q[:, v].float(), kf) for v in ESTIMATE_VARIANTS])
+        stage = stage_of(pos[:, None], kpos[None, :], chunk_len).clamp(min=0)  # [n, L]
+        logits = torch.gather(per, 0, stage[None, None].expand(1, h, n, length))[0]
+    logits = logits * (sm_scale * logit_scale)
+    return logits.masked_fill(kpos[None, None, :] > pos[None, :, None], float("-inf"))
 
 
 def estimate_vs_ref(
@@ -59,18 +86,9 @@ def estimate_vs_ref(
     """
     n, _, h, _ = q.shape
     length = k.shape[0]
-    g = h // k.shape[1]
-    kf = k.float().repeat_interleave(g, dim=1)
     pos = q_positions.long().to(k.device)
     kpos = torch.arange(length, device=k.device)
-    if chunk_len is None:
-        logits = torch.einsum("nhd,lhd->hnl", q[:, 0].float(), kf)
-    else:
-        per = torch.stack([torch.einsum("nhd,lhd->hnl", q[:, v].float(), kf) for v in ESTIMATE_VARIANTS])
-        stage = stage_of(pos[:, None], kpos[None, :], chunk_len).clamp(min=0)  # [n, L]
-        logits = torch.gather(per, 0, stage[None, None].expand(1, h, n, length))[0]
-    logits = logits * (sm_scale * logit_scale)
-    logits = logits.masked_fill(kpos[None, None, :] > pos[None, :, None], float("-inf"))
+    logits = estimate_logits_ref(q, k, q_positions, chunk_len, sm_scale, logit_scale)
     p = torch.softmax(logits, dim=-1)  # [H, n, L]
     vertical = p.sum(1)
     off = pos[:, None] - kpos[None, :]  # [n, L]
