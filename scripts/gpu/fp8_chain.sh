@@ -11,8 +11,13 @@
 set -u
 R=/tmp/r
 mkdir -p "$R"
-if [ "${1:-}" = "--wait" ]; then    # wait for the chain (up to $2 s of this call), then send /tmp/r back
-    until [ -f "$R/chain.done" ] || [ "$SECONDS" -ge "${2:-560}" ]; do sleep 5; done
+if [ "${1:-}" = "--wait" ]; then    # wait for the chain (up to $2 s of this call, or until step $3 is done), then
+    # send /tmp/r back; a snapshot goes to $OUT every 30 s, so a call cut short (device time spent) still returns one
+    until [ -f "$R/chain.done" ] || [ "$SECONDS" -ge "${2:-560}" ] || { [ -n "${3:-}" ] && [ -f "$R/done.$3" ]; }; do
+        sleep 5
+        [ $((SECONDS % 30)) -lt 5 ] && tar czf "${OUT:-/tmp}/r.tmp.tgz" -C /tmp r 2>/dev/null &&
+            mv "${OUT:-/tmp}/r.tmp.tgz" "${OUT:-/tmp}/r.tgz"
+    done
     [ -f "$R/chain.done" ] && { bash scripts/gpu/epilogue.sh > "$R/epilogue.log" 2>&1; cp "${OUT:-/tmp}/flashinfer-jit.tgz" "$R/" 2>/dev/null; }
     tar czf "${OUT:-/tmp}/r.tgz" -C /tmp r && ls "$R" && tail -5 "$R/chain.log"
     exit 0
