@@ -188,6 +188,10 @@ def test_estimate_matches_reference_and_selects_same_indices(name, kv):
             lg = estimate_logits_ref(case.q5[rows.to(DEV)], case.k_seq[pc.req][:pc.q_end], pos, cfg.chunk_len,
                                      case.sm_scale, float(case.scale[rows[0]]))  # [H, n, L], natural log
             torch.testing.assert_close(lse2[i, :, :n], torch.logsumexp(lg, -1) / math.log(2), rtol=1e-4, atol=1e-4)
+        # more key splits per row (bench ops-sparse --est-programs-per-sm): the same scores
+        more = _estimate(case.q5, state, case.k_pool, sm_scale=case.sm_scale, chunk_len=cfg.chunk_len,
+                         k_scale=case.k_scale, programs_per_sm=64)
+        torch.testing.assert_close(more, torch.stack([vert, slash]), rtol=1e-5, atol=1e-7)
     budget = sp.budgets[0]
     got = select_vertical_slash(vert.clone(), slash.clone(), state.q_end, budget)
     want = select_vertical_slash(ref_v.clone(), ref_s.clone(), state.q_end, budget)

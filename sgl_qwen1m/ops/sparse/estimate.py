@@ -22,7 +22,7 @@ import triton.language as tl
 from sgl_qwen1m.ops.sparse._triton import LOG2E, _load_kv, _load_q, _tuned
 from sgl_qwen1m.ops.sparse.plan import BLOCK, SparseState
 
-__all__ = ["estimate_scores", "splits_per_row"]
+__all__ = ["estimate_scores", "splits_per_row", "PROGRAMS_PER_SM"]
 
 
 @triton.jit
@@ -169,11 +169,14 @@ def _est_scores_kernel(
                        vbase, sbase, BM, BN, D)
 
 
-def splits_per_row(programs: int, tiles: int, device: torch.device) -> int:
-    """Programs per row (at most ``tiles``) so that about four programs run per SM when ``programs`` rows share
-    the GPU."""
+PROGRAMS_PER_SM = 4  # resident estimation programs aimed at per SM (bench ops-sparse --est-programs-per-sm sweeps it)
+
+
+def splits_per_row(programs: int, tiles: int, device: torch.device, programs_per_sm: int = PROGRAMS_PER_SM) -> int:
+    """Programs per row (at most ``tiles``) so that about ``programs_per_sm`` programs run per SM when
+    ``programs`` rows share the GPU (each program walks every ``splits``-th key tile of its row)."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    return max(1, min(tiles, -(-4 * sms // max(programs, 1))))
+    return max(1, min(tiles, -(-programs_per_sm * sms // max(programs, 1))))
 
 
 def estimate_scores(
@@ -206,9 +209,10 @@ def estimate_scores(
 
 
 def _estimate(q: torch.Tensor, state: SparseState, k_cache: torch.Tensor, *, sm_scale: float,
-              chunk_len: Optional[int], k_scale: float = 1.0, passes: int = 2) -> torch.Tensor:
+              chunk_len: Optional[int], k_scale: float = 1.0, passes: int = 2,
+              programs_per_sm: int = PROGRAMS_PER_SM) -> torch.Tensor:
     """:func:`estimate_scores`; ``passes=1`` stops after pass 1 and returns its ``[P, H, 64]`` log2 LSE (the
-    stage benchmark times the two passes apart with it)."""
+    stage benchmark times the two passes apart with it); ``programs_per_sm`` as :func:`splits_per_row`."""
     q_scale, req_to_token, piece_table = state.q_scale, state.req_to_token, state.piece_table
     max_len = state.plan.max_len
     t, nv, h, d = q.shape
@@ -218,7 +222,7 @@ def _estimate(q: torch.Tensor, state: SparseState, k_cache: torch.Tensor, *, sm_
     if dca and nv < 5:
         raise ValueError(f"estimate_scores: DCA needs the 5 query variants, got {nv}")
     tiles = triton.cdiv(max_len, BLOCK)
-    ns = splits_per_row(h * p, tiles, q.device)
+    ns = splits_per_row(h * p, tiles, q.device, programs_per_sm)
     ml = torch.empty(p, h, ns, 2, BLOCK, dtype=torch.float32, device=q.device)
     sm_log2 = sm_scale * k_scale * LOG2E
     cl = chunk_len if dca else 1 << 30
