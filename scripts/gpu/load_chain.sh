@@ -109,8 +109,10 @@ for s in ${1//,/ }; do
         stop ;;
     est-stages)  # issue 18: estimation pass 1 (LSE) vs pass 2 (scores) and the other pattern stages, per layer
         mkdir -p "$R/speed-$G"
-        timeout 600 python3 -m sgl_qwen1m bench ops-sparse --lengths ${EST_LENGTHS:-262144,1048576} --chunk 16384 --layers ${EST_LAYERS:-0,14} --dca \
-            --iters ${EST_ITERS:-5} --stage-breakdown --est-programs-per-sm ${EST_PPS:-2,4,8,16} --out "$R/speed-$G/estimate_stages_$G.json" > "$R/speed-$G/estimate_stages_$G.log" 2>&1
+        timeout 600 python3 -m sgl_qwen1m bench ops-sparse --lengths "${EST_LENGTHS:-262144,1048576}" --chunk 16384 \
+            --layers "${EST_LAYERS:-0,14}" --dca --iters "${EST_ITERS:-5}" --stage-breakdown \
+            --est-programs-per-sm "${EST_PPS:-2,4,8,16}" --out "$R/speed-$G/estimate_stages_$G.json" \
+            > "$R/speed-$G/estimate_stages_$G.log" 2>&1
         tail -3 "$R/speed-$G/estimate_stages_$G.log" ;;
     q3-serve)
         mkdir -p "$R/fp8-1m-h200" && q3_budgets &&
