@@ -11,6 +11,7 @@
 #   sparse-default: MInference's defaults (1000 / 6096), near-dense at 2K-64K;
 #   work: share of dense causal work the sparse kernel computes, real attention vs the dummy-weight proxies.
 # train probes in-length code retrieval every PROBE_EVERY steps (training_log.json: retrieval_probes).
+# SAMPLES: retrieval prompts per task and length (default 20; one prompt is 5 points at 20, 1 point at 100).
 # Results: /tmp/r/text-lm-<gpu>/*_<gpu>.json (+ the training log, data manifest, refined budgets, report and maps).
 # eval longtext-plot --merge-out joins the eval files into one results file afterwards (docs/text-lm-and-refinement.md).
 set -u
@@ -23,7 +24,7 @@ M=runs/lm/model
 MULT=1,2,4,8,16,32
 ev() {  # ev MODEL BACKEND_NAME ATTENTION_BACKEND OUT
     timeout 1200 python3 -m sgl_qwen1m eval longtext --model "$1" --data "$D" --model-name text-lm --runner engine \
-        --attention-backend "$3" --backend-name "$2" --multiples "$MULT" --samples 20 --out "$R/$4"
+        --attention-backend "$3" --backend-name "$2" --multiples "$MULT" --samples "${SAMPLES:-20}" --out "$R/$4"
 }
 for s in ${1//,/ }; do
     echo "=== $(date +%T) $s"
