@@ -165,3 +165,27 @@ def test_eval_longtext_verb_on_the_torch_reference(tmp_path):
     assert all(r["score"] == float(r["output_text"].split('"', 1)[0].strip() == r["answers"][0]) for r in recs)
     with pytest.raises(SystemExit):
         main(["eval", "longtext", "--model", str(out), "--data", str(data), "--retrieval-styles", "ask"])
+
+
+def test_retrieval_breakdown_counts_first_digit_first_three_and_exact(capsys):
+    from pathlib import Path
+
+    from sgl_qwen1m.cli import main
+    from sgl_qwen1m.evals.code_retrieval import prefix_breakdown
+
+    def rec(out, score, task="code_retrieval", m=1.0, backend="b"):
+        return {"backend": backend, "task": task, "length_multiple": m, "answers": ["482913"], "output_text": out,
+                "score": score}
+
+    rows = prefix_breakdown([rec('482913"', 1.0), rec(' 48291"', 0.0), rec('4x', 0.0), rec("", 0.0),
+                             rec('123', 0.0, m=2.0), rec("x", 0.0, task="passkey")])
+    assert rows == [
+        {"backend": "b", "task": "code_retrieval", "length_multiple": 1.0, "prompts": 4, "first_digit": 3,
+         "first_3": 2, "exact": 1},
+        {"backend": "b", "task": "code_retrieval", "length_multiple": 2.0, "prompts": 1, "first_digit": 0,
+         "first_3": 0, "exact": 0},
+    ]
+    committed = Path(__file__).parent.parent / "benchmarks/results/text-lm-h100/dense_text_lm_h100.records.json.gz"
+    assert main(["eval", "retrieval-breakdown", str(committed)]) == 0
+    out = capsys.readouterr().out
+    assert "code_retrieval_restate" in out and len(out.splitlines()) == 13  # header + 2 tasks x 6 lengths

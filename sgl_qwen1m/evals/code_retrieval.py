@@ -30,7 +30,8 @@ from sgl_qwen1m.evals.harness import Record, prompt_length
 from sgl_qwen1m.evals.perplexity import concat_documents
 from sgl_qwen1m.evals.runners import Runner
 
-__all__ = ["TASK", "STYLES", "CodeSample", "make_code_sample", "code_samples", "score_code", "evaluate_code"]
+__all__ = ["TASK", "STYLES", "CodeSample", "make_code_sample", "code_samples", "score_code", "evaluate_code",
+           "prefix_breakdown"]
 
 TASK = "code_retrieval"
 STYLES = {"assert": TASK, "restate": TASK + "_restate"}  # query style -> task name
@@ -127,3 +128,22 @@ def evaluate_code(runner: Runner, samples: Sequence[tuple[float, CodeSample]], t
         text = tokenizer.decode(ids)
         recs.append(Record(runner.name, s.task, m, len(s.prompt_ids), list(s.answers), ids, text, score_code(s, text)))
     return recs
+
+
+def prefix_breakdown(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Where retrieval fails: per ``(backend, task, length_multiple)`` of code-retrieval records (``Record`` dicts, as
+    ``harness.read_records`` gives), how many prompts, how many outputs start with the value's first digit (one
+    token: the look-up of the name), its first three, and the exact value. ``first`` close to ``exact`` means the
+    copy works once the needle is found and the look-up is what fails."""
+    cells: dict[tuple[str, str, float], list[int]] = {}
+    for r in records:
+        if not str(r["task"]).startswith(TASK):
+            continue
+        want, got = r["answers"][0], (r.get("output_text") or "").strip()
+        c = cells.setdefault((r["backend"], r["task"], float(r["length_multiple"])), [0, 0, 0, 0])
+        c[0] += 1
+        c[1] += got[:1] == want[:1]
+        c[2] += got[:3] == want[:3]
+        c[3] += int(r["score"] == 1.0)
+    return [{"backend": b, "task": t, "length_multiple": m, "prompts": c[0], "first_digit": c[1], "first_3": c[2],
+             "exact": c[3]} for (b, t, m), c in sorted(cells.items())]

@@ -207,11 +207,15 @@ def plot_training_loss(log_path: Union[str, Path], out: Union[str, Path]) -> Pat
 
 
 def register(sub: Any) -> None:
-    """Add ``longtext-plot`` and ``loss-plot`` under ``eval``'s subparsers."""
+    """Add ``longtext-plot``, ``loss-plot`` and ``retrieval-breakdown`` under ``eval``'s subparsers."""
     q = sub.add_parser("loss-plot", help="plot train-lm's training_log.json (loss and learning rate vs step)")
     q.add_argument("log", help="training_log.json of train-lm")
     q.add_argument("--out", required=True, help="PNG path")
     q.set_defaults(handler=lambda a, argv: print(plot_training_loss(a.log, a.out)) or 0)
+    b = sub.add_parser("retrieval-breakdown", help="where code retrieval fails: first digit / first 3 / exact per "
+                       "backend, task and length (from *.records.json.gz)")
+    b.add_argument("records", nargs="+", help="per-prompt records files of eval longtext")
+    b.set_defaults(handler=_run_breakdown)
     p = sub.add_parser("longtext-plot", help="plot eval longtext results (perplexity and retrieval vs length)")
     p.add_argument("json", nargs="+", help="results files of eval longtext")
     p.add_argument("--out", required=True, help="PNG path")
@@ -222,6 +226,18 @@ def register(sub: Any) -> None:
     p.add_argument("--agree-with", default=None, help="with --merge-out: greedy agreement of every backend's "
                    "retrieval outputs with this backend's (e.g. qwen1m-dense)")
     p.set_defaults(handler=_run)
+
+
+def _run_breakdown(args: Any, argv: list[str]) -> int:
+    from sgl_qwen1m.evals.code_retrieval import prefix_breakdown
+    from sgl_qwen1m.jsonout import load
+
+    rows = prefix_breakdown([r for f in args.records for r in load(f)])
+    print("backend                 task                    x    prompts  first_digit  first_3  exact")
+    for r in rows:
+        print(f"{r['backend']:<23} {r['task']:<23} {r['length_multiple']:<4g} {r['prompts']:>8} {r['first_digit']:>12}"
+              f" {r['first_3']:>8} {r['exact']:>6}")
+    return 0
 
 
 def _run(args: Any, argv: list[str]) -> int:
