@@ -148,6 +148,34 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("name", ["dca-chunked", "plain", "dca-two-requests"])
+@pytest.mark.parametrize("heads,kv_heads,kv", [(4, 2, "bf16"), (14, 2, "bf16"), (8, 1, "e4m3"), (2, 2, "bf16")])
+def test_gqa_estimation_design_gives_the_per_head_scores(name, heads, kv_heads, kv):
+    """``design="gqa"`` (estimate_gqa.py: GB query heads of a KV head per program, one K gather per tile) against
+    the per-head design and the fp32 oracle; 14:2 is Qwen2.5-7B's group of 7 (4 + 3 heads, one padded row block)."""
+    from sgl_qwen1m.ops.sparse.estimate import _estimate, estimate_scores
+
+    spans, cfg = CASES[name]
+    case = make_case(spans, cfg, h=heads, hkv=kv_heads, yarn=(1.3, 1.0), kv=kv)
+    sp, state = make_prefill(case, budgets_for(heads, 20, 40))
+    cl = cfg.chunk_len if cfg else None
+    args = dict(sm_scale=case.sm_scale, chunk_len=cl, k_scale=case.k_scale)
+    want = estimate_scores(case.q5, state, case.k_pool, **args)
+    got = _estimate(case.q5, state, case.k_pool, design="gqa", **args)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    for i, pc in enumerate(state.plan.pieces):  # and the oracle, piece by piece
+        n = min(64, pc.q_len)
+        rows = pc.q_row0 + pc.q_len - n + torch.arange(n)
+        v, s = estimate_vs_ref(case.q5[rows.to(DEV)], case.k_seq[pc.req][:pc.q_end],
+                               torch.arange(pc.q_end - n, pc.q_end), cl, case.sm_scale, float(case.scale[rows[0]]))
+        torch.testing.assert_close(got[0, i, :, :pc.q_end], v, rtol=2e-4, atol=1e-6)
+        torch.testing.assert_close(got[1, i, :, :pc.q_end], s, rtol=2e-4, atol=1e-6)
+    lse = _estimate(case.q5, state, case.k_pool, design="gqa", passes=1, **args)
+    torch.testing.assert_close(lse, _estimate(case.q5, state, case.k_pool, passes=1, **args), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="estimation design 'x'"):
+        _estimate(case.q5, state, case.k_pool, design="x", **args)
+
+
 @pytest.mark.parametrize("kv", ["bf16", "e4m3"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_estimate_matches_reference_and_selects_same_indices(name, kv):

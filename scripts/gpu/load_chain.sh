@@ -17,8 +17,8 @@
 #                  one 1,000,000-token request (serve-smoke; dummy weights; uniform 2357/6055 budgets) (~4 min)
 #   stages-1m      issue 18: GPU time per prefill stage of one 1,000,000-token prompt (7B-1M, -local weights,
 #                  chunk 16384; torch profiler, GPU kernels only; bench stages) (~4 min)
-#   est-stages     issue 18: pattern stages per layer at 256K / 1M keys: estimation pass 1, both passes, both at
-#                  2/4/8/16 resident programs per SM (EST_PPS), top-k, loop bounds (~2 min)
+#   est-stages     issue 18: pattern stages per layer at 256K / 1M keys: estimation pass 1 and both passes, two
+#                  designs (per head; per GQA group, estimate_gqa.py) at 2/4/8/16 programs per SM (EST_PPS) (~3 min)
 #   q3-dense512    issue 14: Qwen3-30B-A3B at 512K, FP8 KV, sparse (-local) and dense prefill in one run (~6 min)
 # Results go to /tmp/r/<experiment>/ (load-<gpu>, scheduler-profile, gpu-tests, speed-<gpu>), server logs beside them.
 # REV=<commit> in the environment labels the stages-1m rows with the tree they measured.
@@ -110,7 +110,7 @@ for s in ${1//,/ }; do
     est-stages)  # issue 18: estimation pass 1 (LSE) vs pass 2 (scores) and the other pattern stages, per layer
         mkdir -p "$R/speed-$G"
         timeout 600 python3 -m sgl_qwen1m bench ops-sparse --lengths "${EST_LENGTHS:-262144,1048576}" --chunk 16384 \
-            --layers "${EST_LAYERS:-0,14}" --dca --iters "${EST_ITERS:-5}" --stage-breakdown \
+            --layers "${EST_LAYERS:-0,14}" --dca --iters "${EST_ITERS:-5}" --stage-breakdown --est-designs head,gqa \
             --est-programs-per-sm "${EST_PPS:-2,4,8,16}" --out "$R/speed-$G/estimate_stages_$G.json" \
             > "$R/speed-$G/estimate_stages_$G.log" 2>&1
         tail -3 "$R/speed-$G/estimate_stages_$G.log" ;;

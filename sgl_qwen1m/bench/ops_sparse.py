@@ -40,10 +40,13 @@ def add_parser(sub: Any, parse_lengths: Any) -> None:
     p.add_argument("--stage-breakdown", action="store_true",
                    help="also time the pattern step's stages (estimate passes, top-k selection, block pattern + "
                         "loop bounds) per layer: rows pattern_stage_ms")
+    p.add_argument("--est-designs", default="",
+                   help="with --stage-breakdown: also time these estimation designs (comma list of "
+                        "ops.sparse.estimate.DESIGNS: head, gqa), both passes and pass 1 alone: rows "
+                        "pattern_stage_ms, stages estimate_passes_<design>_pps<n>, estimate_pass1_lse_<design>_pps<n>")
     p.add_argument("--est-programs-per-sm", default="",
-                   help="with --stage-breakdown: also time both estimation passes with these resident programs per "
-                        "SM (comma list; the kernels' default is ops.sparse.estimate.PROGRAMS_PER_SM): rows "
-                        "pattern_stage_ms, stage estimate_passes_pps<n>")
+                   help="with --est-designs: at each of these resident programs per SM (comma list; default the "
+                        "kernels' ops.sparse.estimate.PROGRAMS_PER_SM)")
     p.add_argument("--dca", action="store_true",
                    help="run the sparse designs of this package in DCA mode with the model's "
                         "dual_chunk_attention_config (config.json beside --budgets), as the server does: five query "
@@ -153,14 +156,17 @@ class _Setup:
         return sparse_attention(self.q[:, 0].unsqueeze(0), self.k.unsqueeze(0), self.v.unsqueeze(0), idx, self.d**-0.5)
 
 
-def _stage_ms(sp, state, s, layer: int, iters: int, pps: Sequence[int] = ()) -> dict[str, float]:
+def _stage_ms(sp, state, s, layer: int, iters: int, pps: Sequence[int] = (),
+              designs: Sequence[str] = ()) -> dict[str, float]:
     """Per-stage times (ms) of ``SparsePrefill.pattern`` for one layer (each stage synchronised on its own), plus
-    the torch reference stages it replaced (``*_torch``) and both estimation passes at each of ``pps`` resident
-    programs per SM (``estimate_passes_pps<n>``, scores checked equal to the default's)."""
+    the torch reference stages it replaced (``*_torch``) and, for each estimation design of ``designs`` at each of
+    ``pps`` resident programs per SM (default: the kernels' own), both passes and pass 1 alone
+    (``estimate_passes_<design>_pps<n>``, ``estimate_pass1_lse_<design>_pps<n>``; scores checked equal to the
+    default's first)."""
     import torch
 
     from sgl_qwen1m.config import LOCAL_DIAGONALS, SINK_COLUMNS
-    from sgl_qwen1m.ops.sparse.estimate import _estimate, estimate_scores
+    from sgl_qwen1m.ops.sparse.estimate import PROGRAMS_PER_SM, _estimate, estimate_scores
     from sgl_qwen1m.ops.sparse.reference import select_vertical_slash
     from sgl_qwen1m.ops.sparse.select import pattern_bounds, select_vs
 
@@ -178,12 +184,15 @@ def _stage_ms(sp, state, s, layer: int, iters: int, pps: Sequence[int] = ()) -> 
     scores = est()
     v_idx, s_idx = sel()
     sweep = {}
-    for n in pps:
-        def est_n(n=n):
-            return _estimate(q5, state, s.k, sm_scale=sp.shape.sm_scale, chunk_len=cl, programs_per_sm=n)
+    for design in designs:
+        for n in pps or [PROGRAMS_PER_SM]:
+            def est_n(n=n, design=design, passes=2):
+                return _estimate(q5, state, s.k, sm_scale=sp.shape.sm_scale, chunk_len=cl, programs_per_sm=n,
+                                 design=design, passes=passes)
 
-        torch.testing.assert_close(est_n(), scores, rtol=1e-4, atol=1e-6)  # same scores, other split of the keys
-        sweep[f"estimate_passes_pps{n}"] = _ms(est_n, iters)
+            torch.testing.assert_close(est_n(), scores, rtol=1e-4, atol=1e-6)  # same scores, other programs
+            sweep[f"estimate_passes_{design}_pps{n}"] = _ms(est_n, iters)
+            sweep[f"estimate_pass1_lse_{design}_pps{n}"] = _ms(lambda: est_n(passes=1), iters)
     sel_in = lambda: (scores[0].clone(), scores[1].clone())  # noqa: E731  (the torch select modifies its inputs)
     clone = _ms(sel_in, iters)
     return {
@@ -282,7 +291,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             tot["estimate"] += _ms(lambda: sp.pattern(state, li, q5, s.k), args.iters)
             if args.stage_breakdown:
                 pps = [int(x) for x in args.est_programs_per_sm.split(",") if x.strip()]
-                for k, v in _stage_ms(sp, state, s, li, args.iters, pps).items():
+                designs = [x.strip() for x in args.est_designs.split(",") if x.strip()]
+                for k, v in _stage_ms(sp, state, s, li, args.iters, pps, designs).items():
                     stages[k] = stages.get(k, 0.0) + v
         nl = len(layers)
         log(f"ops-sparse n={n} chunk={s.c} ({nl} layers): " + ", ".join(f"{k} {v / nl:.3f} ms" for k, v in tot.items()))

@@ -8,6 +8,10 @@ walks the inter, succ and intra key regions in turn, each with its own query var
 
 An FP8 key pool is widened in registers and its per-tensor ``k_scale`` folded into the logit scale.
 
+A second design, one program per GQA head group sharing each key gather (``estimate_gqa.py``), gives the same
+scores through ``_estimate(..., design="gqa")``; serving uses this one until a GPU A/B says otherwise
+(``bench ops-sparse --stage-breakdown --est-designs head,gqa``).
+
 fp32 oracle: :func:`sgl_qwen1m.ops.sparse.reference.estimate_vs_ref`; tests: ``tests/test_sparse.py``.
 """
 
@@ -208,11 +212,26 @@ def estimate_scores(
     return _estimate(q, state, k_cache, sm_scale=sm_scale, chunk_len=chunk_len, k_scale=k_scale)
 
 
+def combine_lse(ml: torch.Tensor) -> torch.Tensor:
+    """``[P, H, 64]`` log2 LSE of every estimation row from pass 1's per-split running ``(max, sum)``
+    ``ml`` ``[P, H, splits, 2, 64]``."""
+    m, l = ml[:, :, :, 0], ml[:, :, :, 1]
+    mx = m.amax(dim=2, keepdim=True)
+    mx_safe = torch.where(torch.isinf(mx), torch.zeros_like(mx), mx)
+    return (mx_safe + torch.log2((l * torch.exp2(m - mx_safe)).sum(2, keepdim=True))).squeeze(2).contiguous()
+
+
+DESIGNS = ("head", "gqa")  # one program per query head (default) | per GQA head group (estimate_gqa.py)
+
+
 def _estimate(q: torch.Tensor, state: SparseState, k_cache: torch.Tensor, *, sm_scale: float,
               chunk_len: Optional[int], k_scale: float = 1.0, passes: int = 2,
-              programs_per_sm: int = PROGRAMS_PER_SM) -> torch.Tensor:
+              programs_per_sm: int = PROGRAMS_PER_SM, design: str = "head") -> torch.Tensor:
     """:func:`estimate_scores`; ``passes=1`` stops after pass 1 and returns its ``[P, H, 64]`` log2 LSE (the
-    stage benchmark times the two passes apart with it); ``programs_per_sm`` as :func:`splits_per_row`."""
+    stage benchmark times the two passes apart with it); ``programs_per_sm`` as :func:`splits_per_row`;
+    ``design`` one of :data:`DESIGNS` (same outputs)."""
+    if design not in DESIGNS:
+        raise ValueError(f"estimation design {design!r}: choose from {', '.join(DESIGNS)}")
     q_scale, req_to_token, piece_table = state.q_scale, state.req_to_token, state.piece_table
     max_len = state.plan.max_len
     t, nv, h, d = q.shape
@@ -222,23 +241,30 @@ def _estimate(q: torch.Tensor, state: SparseState, k_cache: torch.Tensor, *, sm_
     if dca and nv < 5:
         raise ValueError(f"estimate_scores: DCA needs the 5 query variants, got {nv}")
     tiles = triton.cdiv(max_len, BLOCK)
-    ns = splits_per_row(h * p, tiles, q.device, programs_per_sm)
-    ml = torch.empty(p, h, ns, 2, BLOCK, dtype=torch.float32, device=q.device)
     sm_log2 = sm_scale * k_scale * LOG2E
     cl = chunk_len if dca else 1 << 30
+    # rows padded to whole tiles: row strides stay multiples of 16 whatever L is (one Triton specialisation)
+    scores = (torch.zeros(2, p, h, tiles * BLOCK, dtype=torch.float32, device=q.device)[..., :max_len]
+              if passes == 2 else None)
+    if design == "gqa":
+        from sgl_qwen1m.ops.sparse.estimate_gqa import gqa_passes, heads_per_program
+
+        groups = hkv * triton.cdiv(h // hkv, heads_per_program(h // hkv))
+        ns = splits_per_row(groups * p, tiles, q.device, programs_per_sm)
+        ml = torch.empty(p, h, ns, 2, BLOCK, dtype=torch.float32, device=q.device)
+        lse2 = gqa_passes(q, k_cache, req_to_token, piece_table, q_scale, ml, scores, sm_log2, cl, ns, dca, BLOCK,
+                          passes)
+        return lse2 if scores is None else scores
+    ns = splits_per_row(h * p, tiles, q.device, programs_per_sm)
+    ml = torch.empty(p, h, ns, 2, BLOCK, dtype=torch.float32, device=q.device)
     common = dict(G=h // hkv, D=d, BM=BLOCK, BN=BLOCK, DCA=dca)
     grid = (h, p, ns)
     _est_lse_kernel[grid](q, q.stride(0), q.stride(1), q.stride(2), q_scale, k_cache, k_cache.stride(0),
                           k_cache.stride(1), req_to_token, req_to_token.stride(0), piece_table, ml, sm_log2, cl, ns,
                           **common)
-    m, l = ml[:, :, :, 0], ml[:, :, :, 1]
-    mx = m.amax(dim=2, keepdim=True)
-    mx_safe = torch.where(torch.isinf(mx), torch.zeros_like(mx), mx)
-    lse2 = (mx_safe + torch.log2((l * torch.exp2(m - mx_safe)).sum(2, keepdim=True))).squeeze(2).contiguous()
-    if passes == 1:
+    lse2 = combine_lse(ml)
+    if scores is None:
         return lse2
-    # rows padded to whole tiles: row strides stay multiples of 16 whatever L is (one Triton specialisation)
-    scores = torch.zeros(2, p, h, tiles * BLOCK, dtype=torch.float32, device=q.device)[..., :max_len]
     vert, slash = scores[0], scores[1]
     _est_scores_kernel[grid](q, q.stride(0), q.stride(1), q.stride(2), q_scale, k_cache, k_cache.stride(0),
                              k_cache.stride(1), req_to_token, req_to_token.stride(0), piece_table, lse2, vert, slash,
