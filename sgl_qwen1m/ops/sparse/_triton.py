@@ -1,4 +1,5 @@
-"""Triton helpers shared by the sparse estimation (``estimate.py``) and attention (``attention.py``) kernels."""
+"""Triton helpers shared by the sparse estimation (``estimate.py``, ``estimate_gqa.py``) and attention
+(``attention.py``) kernels."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Optional
 import triton
 import triton.language as tl
 
-__all__ = ["LOG2E", "_tuned", "_load_q", "_load_kv"]
+__all__ = ["LOG2E", "_tuned", "_load_q", "_load_kv", "_region", "_tile_range"]
 
 LOG2E = 1.4426950408889634
 
@@ -45,3 +46,29 @@ def _load_kv(X, s_xn, kvoff, slots, cmask, dtype: tl.constexpr, D: tl.constexpr)
     (keys: folded into the logit scale; values: into the output). For a bf16 pool the conversion is a no-op."""
     d = tl.arange(0, D)
     return tl.load(X + slots[:, None] * s_xn + kvoff + d[None, :], mask=cmask[:, None], other=0.0).to(dtype)
+
+
+@triton.jit
+def _region(r: tl.constexpr, c0, cl, qend, DCA: tl.constexpr):
+    """Key range ``[lo, hi)`` of key region ``r`` of a piece whose DCA chunk starts at ``c0``, and the query variant
+    that scores it: inter ``[0, c0 - C)`` with ``q_inter_critical`` (4), succ ``[c0 - C, c0)`` with
+    ``q_succ_critical`` (3), intra ``[c0, qend)`` with ``q_intra`` (0). Without DCA only region 2 runs, over
+    ``[0, qend)``. Both estimation passes walk ``for r in tl.static_range(0 if DCA else 2, 3)`` (unrolled)."""
+    if r == 0:
+        return 0, tl.maximum(c0 - cl, 0), 4
+    elif r == 1:
+        return tl.maximum(c0 - cl, 0), c0, 3
+    else:
+        if DCA:
+            return c0, qend, 0
+        else:
+            return 0, qend, 0
+
+
+@triton.jit
+def _tile_range(lo, hi, sp, nsplit, BN: tl.constexpr):
+    """This split's first key tile of the column range ``[lo, hi)`` and the range's end tile: tiles
+    ``t = first, first + nsplit, ...`` below the end. ``lo`` is a tile boundary (``plan_pieces`` requires
+    ``chunk_len % BLOCK == 0``), so each tile lies in one DCA key region."""
+    t0 = lo // BN
+    return t0 + (sp - t0 % nsplit + nsplit) % nsplit, tl.cdiv(hi, BN)

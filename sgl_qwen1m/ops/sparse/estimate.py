@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sgl_qwen1m.ops.sparse._triton import LOG2E, _load_kv, _load_q, _tuned
+from sgl_qwen1m.ops.sparse._triton import LOG2E, _load_kv, _load_q, _region, _tile_range, _tuned
 from sgl_qwen1m.ops.sparse.plan import BLOCK, SparseState
 
 __all__ = ["estimate_scores", "splits_per_row", "PROGRAMS_PER_SM"]
@@ -52,32 +52,6 @@ def _est_setup(PIECE, QS, sm_log2, s_kh, G: tl.constexpr, BM: tl.constexpr):
     scale = tl.load(QS + trow, mask=rmask, other=0.0) * sm_log2
     kvoff = (h // G) * s_kh
     return h, p, sp, H, kvoff, pool, c0, n, qend, rmask, pos, trow, scale
-
-
-@triton.jit
-def _region(r: tl.constexpr, c0, cl, qend, DCA: tl.constexpr):
-    """Key range ``[lo, hi)`` of key region ``r`` of a piece whose DCA chunk starts at ``c0``, and the query variant
-    that scores it: inter ``[0, c0 - C)`` with ``q_inter_critical`` (4), succ ``[c0 - C, c0)`` with
-    ``q_succ_critical`` (3), intra ``[c0, qend)`` with ``q_intra`` (0). Without DCA only region 2 runs, over
-    ``[0, qend)``. Both estimation passes walk ``for r in tl.static_range(0 if DCA else 2, 3)`` (unrolled)."""
-    if r == 0:
-        return 0, tl.maximum(c0 - cl, 0), 4
-    elif r == 1:
-        return tl.maximum(c0 - cl, 0), c0, 3
-    else:
-        if DCA:
-            return c0, qend, 0
-        else:
-            return 0, qend, 0
-
-
-@triton.jit
-def _tile_range(lo, hi, sp, nsplit, BN: tl.constexpr):
-    """This split's first key tile of the column range ``[lo, hi)`` and the range's end tile: tiles
-    ``t = first, first + nsplit, ...`` below the end. ``lo`` is a tile boundary (``plan_pieces`` requires
-    ``chunk_len % BLOCK == 0``), so each tile lies in one DCA key region."""
-    t0 = lo // BN
-    return t0 + (sp - t0 % nsplit + nsplit) % nsplit, tl.cdiv(hi, BN)
 
 
 @triton.jit
@@ -247,13 +221,15 @@ def _estimate(q: torch.Tensor, state: SparseState, k_cache: torch.Tensor, *, sm_
     scores = (torch.zeros(2, p, h, tiles * BLOCK, dtype=torch.float32, device=q.device)[..., :max_len]
               if passes == 2 else None)
     if design == "gqa":
-        from sgl_qwen1m.ops.sparse.estimate_gqa import gqa_passes, heads_per_program
+        from sgl_qwen1m.ops.sparse import estimate_gqa as gqa
 
-        groups = hkv * triton.cdiv(h // hkv, heads_per_program(h // hkv))
-        ns = splits_per_row(groups * p, tiles, q.device, programs_per_sm)
+        ns = splits_per_row(gqa.grid(h, hkv, p, 1)[0] * p, tiles, q.device, programs_per_sm)
         ml = torch.empty(p, h, ns, 2, BLOCK, dtype=torch.float32, device=q.device)
-        lse2 = gqa_passes(q, k_cache, req_to_token, piece_table, q_scale, ml, scores, sm_log2, cl, ns, dca, BLOCK,
-                          passes)
+        gqa.gqa_lse_pass(q, k_cache, req_to_token, piece_table, q_scale, ml, sm_log2, cl, dca, BLOCK)
+        lse2 = combine_lse(ml)
+        if scores is not None:
+            gqa.gqa_scores_pass(q, k_cache, req_to_token, piece_table, q_scale, lse2, scores, sm_log2, cl, ns, dca,
+                                BLOCK)
         return lse2 if scores is None else scores
     ns = splits_per_row(h * p, tiles, q.device, programs_per_sm)
     ml = torch.empty(p, h, ns, 2, BLOCK, dtype=torch.float32, device=q.device)

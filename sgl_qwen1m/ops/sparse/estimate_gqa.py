@@ -19,10 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-from sgl_qwen1m.ops.sparse._triton import _load_kv
-from sgl_qwen1m.ops.sparse.estimate import _region, _tile_range, combine_lse
+from sgl_qwen1m.ops.sparse._triton import _load_kv, _region, _tile_range
 
-__all__ = ["heads_per_program", "gqa_passes"]
+__all__ = ["heads_per_program", "grid", "gqa_lse_pass", "gqa_scores_pass"]
 
 
 def heads_per_program(group: int) -> int:
@@ -159,26 +158,32 @@ def _gqa_scores_kernel(
                           mask=hm[:, None] & ((o_hi >= 0) & (o_hi < qend) & (e < BM - 1))[None, :], sem="relaxed")
 
 
-def gqa_passes(q: torch.Tensor, k_cache: torch.Tensor, req_to_token: torch.Tensor, piece_table: torch.Tensor,
-               q_scale: torch.Tensor, ml: torch.Tensor, scores: torch.Tensor, sm_log2: float, cl: int, ns: int,
-               dca: bool, block: int, passes: int) -> torch.Tensor:
-    """Launch pass 1 into ``ml`` ``[P, H, ns, 2, 64]`` and return the combined ``[P, H, 64]`` log2 LSE; with
-    ``passes == 2`` also pass 2 into ``scores`` ``[2, P, H, L]`` (zeroed). Grid ``(Hkv x groups, P, ns)``."""
+def grid(heads: int, kv_heads: int, pieces: int, splits: int) -> tuple[int, int, int]:
+    """``(Hkv x head groups, P, splits)``: the launch grid of both passes."""
+    grp = heads // kv_heads
+    return kv_heads * triton.cdiv(grp, heads_per_program(grp)), pieces, splits
+
+
+def gqa_lse_pass(q: torch.Tensor, k_cache: torch.Tensor, req_to_token: torch.Tensor, piece_table: torch.Tensor,
+                 q_scale: torch.Tensor, ml: torch.Tensor, sm_log2: float, cl: int, dca: bool, block: int) -> None:
+    """Pass 1 into ``ml`` ``[P, H, splits, 2, 64]`` (running max and sum per split; ``estimate.combine_lse``)."""
     _, _, h, d = q.shape
-    hkv = k_cache.shape[1]
-    p = piece_table.shape[0]
-    grp = h // hkv
-    gb = heads_per_program(grp)
-    grid = (hkv * triton.cdiv(grp, gb), p, ns)
-    common = dict(G=grp, GB=gb, D=d, BM=block, BN=block, DCA=dca)
-    _gqa_lse_kernel[grid](q, q.stride(0), q.stride(1), q.stride(2), q_scale, k_cache, k_cache.stride(0),
-                          k_cache.stride(1), req_to_token, req_to_token.stride(0), piece_table, ml, sm_log2, cl, ns,
-                          h, **common)
-    lse2 = combine_lse(ml)
-    if passes == 1:
-        return lse2
+    grp = h // k_cache.shape[1]
+    ns = ml.shape[2]
+    _gqa_lse_kernel[grid(h, k_cache.shape[1], piece_table.shape[0], ns)](
+        q, q.stride(0), q.stride(1), q.stride(2), q_scale, k_cache, k_cache.stride(0), k_cache.stride(1),
+        req_to_token, req_to_token.stride(0), piece_table, ml, sm_log2, cl, ns, h,
+        G=grp, GB=heads_per_program(grp), D=d, BM=block, BN=block, DCA=dca)
+
+
+def gqa_scores_pass(q: torch.Tensor, k_cache: torch.Tensor, req_to_token: torch.Tensor, piece_table: torch.Tensor,
+                    q_scale: torch.Tensor, lse2: torch.Tensor, scores: torch.Tensor, sm_log2: float, cl: int,
+                    splits: int, dca: bool, block: int) -> None:
+    """Pass 2 into ``scores`` ``[2, P, H, L]`` (zeroed) from the ``[P, H, 64]`` log2 LSE of pass 1."""
+    _, _, h, d = q.shape
+    grp = h // k_cache.shape[1]
     vert, slash = scores[0], scores[1]
-    _gqa_scores_kernel[grid](q, q.stride(0), q.stride(1), q.stride(2), q_scale, k_cache, k_cache.stride(0),
-                             k_cache.stride(1), req_to_token, req_to_token.stride(0), piece_table, lse2, vert, slash,
-                             vert.stride(0), vert.stride(1), sm_log2, cl, ns, h, **common)
-    return lse2
+    _gqa_scores_kernel[grid(h, k_cache.shape[1], piece_table.shape[0], splits)](
+        q, q.stride(0), q.stride(1), q.stride(2), q_scale, k_cache, k_cache.stride(0), k_cache.stride(1),
+        req_to_token, req_to_token.stride(0), piece_table, lse2, vert, slash, vert.stride(0), vert.stride(1),
+        sm_log2, cl, splits, h, G=grp, GB=heads_per_program(grp), D=d, BM=block, BN=block, DCA=dca)
