@@ -9,7 +9,8 @@ from typing import Optional
 import triton
 import triton.language as tl
 
-__all__ = ["LOG2E", "_tuned", "_load_q", "_load_kv", "_region", "_tile_range"]
+__all__ = ["LOG2E", "_tuned", "_load_q", "_load_kv", "_region", "_tile_range", "_piece_meta",
+           "_lse_update", "_diag_index"]
 
 LOG2E = 1.4426950408889634
 
@@ -72,3 +73,38 @@ def _tile_range(lo, hi, sp, nsplit, BN: tl.constexpr):
     ``chunk_len % BLOCK == 0``), so each tile lies in one DCA key region."""
     t0 = lo // BN
     return t0 + (sp - t0 % nsplit + nsplit) % nsplit, tl.cdiv(hi, BN)
+
+
+@triton.jit
+def _piece_meta(PIECE, p):
+    """Row ``p`` of the piece table (``plan.SparseState.piece_table``): the request's ``req_to_token`` row, first
+    query row, first query position, query count, DCA chunk start, estimation rows; and the query end position."""
+    meta = PIECE + p * 8
+    qpos0 = tl.load(meta + 2)
+    qlen = tl.load(meta + 3)
+    return (tl.load(meta).to(tl.int64), tl.load(meta + 1), qpos0, qlen, tl.load(meta + 4), tl.load(meta + 5),
+            qpos0 + qlen)
+
+
+@triton.jit
+def _lse_update(m, l, s):
+    """One key tile into the running ``(max, sum)`` of each row: ``s`` ``[R, BN]`` log2-unit logits (``-inf`` where
+    masked); rows with no key yet keep ``(-inf, 0)``."""
+    m_new = tl.maximum(m, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    return m_new, l * tl.exp2(m - m_safe) + tl.sum(tl.exp2(s - m_safe[:, None]), 1)
+
+
+@triton.jit
+def _diag_index(BM: tl.constexpr, BN: tl.constexpr):
+    """Column indices that shift a ``[BM, BN]`` probability tile so each output column is one diagonal:
+    ``out[i, e] = prob[i, j_lo[i, e]]`` (low half, valid where ``ok_lo``) and ``prob[i, j_hi[i, e]]`` (high half);
+    indices are clamped to 0 where not valid. Output column ``e`` is diagonal ``(qend - n - c) + e - (BN - 1)``
+    (``+ BN`` for the high half) of the key tile starting at column ``c``."""
+    i = tl.arange(0, BM)
+    e = tl.arange(0, BN)
+    j_lo = i[:, None] - e[None, :] + BN - 1
+    j_hi = j_lo - BN
+    ok_lo = (j_lo >= 0) & (j_lo < BN)
+    ok_hi = (j_hi >= 0) & (j_hi < BN)
+    return tl.where(ok_lo, j_lo, 0), ok_lo, tl.where(ok_hi, j_hi, 0), ok_hi

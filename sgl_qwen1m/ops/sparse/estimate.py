@@ -23,7 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from sgl_qwen1m.ops.sparse._triton import LOG2E, _load_kv, _load_q, _region, _tile_range, _tuned
+from sgl_qwen1m.ops.sparse._triton import (LOG2E, _diag_index, _load_kv, _load_q, _lse_update, _piece_meta,
+                                           _region, _tile_range, _tuned)
 from sgl_qwen1m.ops.sparse.plan import BLOCK, SparseState
 
 __all__ = ["estimate_scores", "splits_per_row", "PROGRAMS_PER_SM"]
@@ -37,14 +38,7 @@ def _est_setup(PIECE, QS, sm_log2, s_kh, G: tl.constexpr, BM: tl.constexpr):
     p = tl.program_id(1)
     sp = tl.program_id(2)
     H = tl.num_programs(0)
-    meta = PIECE + p * 8
-    pool = tl.load(meta).to(tl.int64)
-    qrow0 = tl.load(meta + 1)
-    qpos0 = tl.load(meta + 2)
-    qlen = tl.load(meta + 3)
-    c0 = tl.load(meta + 4)
-    n = tl.load(meta + 5)
-    qend = qpos0 + qlen
+    pool, qrow0, qpos0, qlen, c0, n, qend = _piece_meta(PIECE, p)
     i = tl.arange(0, BM)
     rmask = i < n
     pos = qend - n + i
@@ -74,10 +68,7 @@ def _lse_region(q, scale, m, l, lo, hi, sp, nsplit, K, s_kn, kvoff, R2T, pool, s
     for t in range(first, end, nsplit):
         s, valid, cols, cmask, c = _est_logits(q, scale, K, s_kn, kvoff, R2T, pool, s_r2t, t, qend, pos, rmask,
                                                BN, D)
-        m_new = tl.maximum(m, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        l = l * tl.exp2(m - m_safe) + tl.sum(tl.exp2(s - m_safe[:, None]), 1)
-        m = m_new
+        m, l = _lse_update(m, l, s)
     return m, l
 
 
@@ -106,21 +97,16 @@ def _est_lse_kernel(
 def _scores_region(q, scale, lse, lo, hi, sp, nsplit, K, s_kn, kvoff, R2T, pool, s_r2t, qend, n, pos, rmask,
                    vbase, sbase, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr):
     """Vertical (column) and slash (diagonal) softmax sums of the key tiles of ``[lo, hi)`` in split ``sp``."""
-    i = tl.arange(0, BM)
     e = tl.arange(0, BN)
-    # out[i, e] = prob[i, i - e + BN - 1]: row-shifted so that each output column is one diagonal
-    j_lo = i[:, None] - e[None, :] + BN - 1
-    j_hi = j_lo - BN
-    ok_lo = (j_lo >= 0) & (j_lo < BN)
-    ok_hi = (j_hi >= 0) & (j_hi < BN)
+    j_lo, ok_lo, j_hi, ok_hi = _diag_index(BM, BN)  # out[i, e] = prob[i, i - e + BN - 1]: one diagonal per column
     first, end = _tile_range(lo, hi, sp, nsplit, BN)
     for t in range(first, end, nsplit):
         s, valid, cols, cmask, c = _est_logits(q, scale, K, s_kn, kvoff, R2T, pool, s_r2t, t, qend, pos, rmask,
                                                BN, D)
         pr = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
         tl.store(vbase + cols, tl.sum(pr, 0), mask=cmask)
-        dlo = tl.sum(tl.where(ok_lo, tl.gather(pr, tl.where(ok_lo, j_lo, 0), axis=1), 0.0), 0)
-        dhi = tl.sum(tl.where(ok_hi, tl.gather(pr, tl.where(ok_hi, j_hi, 0), axis=1), 0.0), 0)
+        dlo = tl.sum(tl.where(ok_lo, tl.gather(pr, j_lo, axis=1), 0.0), 0)
+        dhi = tl.sum(tl.where(ok_hi, tl.gather(pr, j_hi, axis=1), 0.0), 0)
         # diagonal o = pos_i - col = (qend - n - c) + (i - j), and i - j = e - (BN - 1) (+ BN for the high half)
         o_lo = (qend - n - c) + e - (BN - 1)
         o_hi = o_lo + BN

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sgl_qwen1m.ops.sparse._triton import _load_kv, _region, _tile_range
+from sgl_qwen1m.ops.sparse._triton import _diag_index, _load_kv, _lse_update, _piece_meta, _region, _tile_range
 
 __all__ = ["heads_per_program", "grid", "gqa_lse_pass", "gqa_scores_pass"]
 
@@ -48,14 +48,7 @@ def _setup(PIECE, QS, sm_log2, s_kh, G: tl.constexpr, GB: tl.constexpr, BM: tl.c
     hg = tl.program_id(0) % HG
     p = tl.program_id(1)
     sp = tl.program_id(2)
-    meta = PIECE + p * 8
-    pool = tl.load(meta).to(tl.int64)
-    qrow0 = tl.load(meta + 1)
-    qpos0 = tl.load(meta + 2)
-    qlen = tl.load(meta + 3)
-    c0 = tl.load(meta + 4)
-    n = tl.load(meta + 5)
-    qend = qpos0 + qlen
+    pool, qrow0, qpos0, qlen, c0, n, qend = _piece_meta(PIECE, p)
     r = tl.arange(0, GB * BM)
     hloc = hg * GB + r // BM
     i = r % BM
@@ -105,10 +98,7 @@ def _gqa_lse_kernel(
         for t in range(first, end, nsplit):
             s, valid, cols, cmask, c = _logits(q, scale, K, s_kn, kvoff, R2T, pool, s_r2t, t, qend, pos, rmask,
                                                BN, D)
-            m_new = tl.maximum(m, tl.max(s, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            l = l * tl.exp2(m - m_safe) + tl.sum(tl.exp2(s - m_safe[:, None]), 1)
-            m = m_new
+            m, l = _lse_update(m, l, s)
     out = ML + ((p * H + h.to(tl.int64)) * nsplit + sp) * (2 * BM) + i
     tl.store(out, m, mask=hmask)
     tl.store(out + BM, l, mask=hmask)
@@ -130,15 +120,10 @@ def _gqa_scores_kernel(
     hm = (hg * GB + g) < G
     vbase = VERT + p * s_sc_p + hrow[:, None] * s_sc_h
     sbase = SLASH + p * s_sc_p + hrow[:, None] * s_sc_h
-    ii = tl.arange(0, BM)
     e = tl.arange(0, BN)
-    # out[., i, e] = prob[., i, i - e + BN - 1]: row-shifted so that each output column is one diagonal
-    j_lo = ii[:, None] - e[None, :] + BN - 1
-    j_hi = j_lo - BN
-    ok_lo = (j_lo >= 0) & (j_lo < BN)
-    ok_hi = (j_hi >= 0) & (j_hi < BN)
-    idx_lo = tl.broadcast_to(tl.where(ok_lo, j_lo, 0)[None, :, :], (GB, BM, BN))
-    idx_hi = tl.broadcast_to(tl.where(ok_hi, j_hi, 0)[None, :, :], (GB, BM, BN))
+    j_lo, ok_lo, j_hi, ok_hi = _diag_index(BM, BN)  # per head as in estimate.py: one diagonal per output column
+    idx_lo = tl.broadcast_to(j_lo[None, :, :], (GB, BM, BN))
+    idx_hi = tl.broadcast_to(j_hi[None, :, :], (GB, BM, BN))
     for reg in tl.static_range(0 if DCA else 2, 3):
         lo, hi, var = _region(reg, c0, cl, qend, DCA)
         q = _load_q_rows(Q, s_qt, s_qv, s_qh, trow, h, rmask, var, D)
