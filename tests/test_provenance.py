@@ -24,3 +24,24 @@ def test_versions_and_gpu_names():
     assert short_gpu_name(torch.device("cpu")) == "cpu"
     assert "," not in header("c")["gpu"]  # the name alone, never nvidia-smi's memory and driver columns
     assert dt.datetime.fromisoformat(now_iso(utc=False)).utcoffset() is not None
+
+
+def test_jsonout_round_rounds_one_metric_in_place_and_says_so(tmp_path):
+    import json
+
+    from sgl_qwen1m.jsonout import main, round_floats
+
+    assert round_floats({"a": [1.23456789, 2, "x", True], "b": 1e-9 / 3}, 4) == {"a": [1.235, 2, "x", True],
+                                                                               "b": 3.333e-10}
+    f = tmp_path / "r.json"
+    rows = [{"metric": "perplexity", "backend": "b", "prompt_tokens": 1, "value": 7.123456789012, "n": 3},
+            {"metric": "recall", "backend": "b", "prompt_tokens": 1, "value": 0.950439215087}]
+    f.write_text(json.dumps({"command": "c", "rows": rows}))
+    assert main(["round", str(f), "--digits", "7", "--metric", "perplexity"]) == 0
+    doc = json.loads(f.read_text())
+    assert doc["rows"][0] == dict(rows[0], value=7.123457) and doc["rows"][1] == rows[1]  # other metrics untouched
+    assert "7 significant digits" in doc["rounded"] and "--metric perplexity" in doc["rounded"]
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["round", str(f), "--digits", "2"])
