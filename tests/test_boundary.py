@@ -3,7 +3,7 @@
 * Only ``sgl_qwen1m/adapter/`` (and the benchmark baseline ``bench/sgl_kernel_sparse.py``) may import SGLang
   (``sglang``, ``sgl_kernel``).
 * Only the operators' kernel modules (``ops/*/attention.py``, ``ops/*/rope.py``, ``ops/sparse/estimate.py``,
-  ``ops/sparse/select.py``, ``ops/sparse/_triton.py``), ``ops/triton_interpreter.py`` and the kernel benchmarks
+  ``ops/sparse/estimate_gqa.py``, ``ops/sparse/select.py``, ``ops/sparse/_triton.py``), ``ops/triton_interpreter.py`` and the kernel benchmarks
   (``bench/ops.py``, ``bench/ops_sparse.py``) may import FlashInfer or Triton.
 * ``import sgl_qwen1m, sgl_qwen1m.config, sgl_qwen1m.ops.dca.plan`` pulls in none of them and leaves CUDA
   uninitialised, so the math and config layers stay testable on CPU and cheap to import from the plugin.
@@ -32,6 +32,7 @@ KERNEL_ALLOWED = (
     "sgl_qwen1m/ops/*/attention.py",
     "sgl_qwen1m/ops/*/rope.py",
     "sgl_qwen1m/ops/sparse/estimate.py",
+    "sgl_qwen1m/ops/sparse/estimate_gqa.py",
     "sgl_qwen1m/ops/sparse/select.py",
     "sgl_qwen1m/ops/sparse/_triton.py",
     "sgl_qwen1m/ops/triton_interpreter.py",
