@@ -150,7 +150,7 @@ CASES = {
 
 @pytest.mark.parametrize("name", ["dca-chunked", "plain", "dca-two-requests"])
 @pytest.mark.parametrize("heads,kv_heads,kv", [(4, 2, "bf16"), (14, 2, "bf16"), (8, 1, "e4m3"), (2, 2, "bf16")])
-def test_gqa_estimation_design_gives_the_per_head_scores(name, heads, kv_heads, kv):
+def test_gqa_estimate_design_gives_the_per_head_scores(name, heads, kv_heads, kv):
     """``design="gqa"`` (estimate_gqa.py: GB query heads of a KV head per program, one K gather per tile) against
     the per-head design and the fp32 oracle; 14:2 is Qwen2.5-7B's group of 7 (4 + 3 heads, one padded row block)."""
     from sgl_qwen1m.ops.sparse.estimate import _estimate, estimate_scores
