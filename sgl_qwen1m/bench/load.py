@@ -206,11 +206,11 @@ def run_load(o: LoadOptions, argv: Optional[list[str]] = None) -> dict[str, Any]
 
 
 def timeline_doc(traces: Sequence[StreamTrace], t_long: float, t_end: float, o: LoadOptions,
-                 long_sent: Optional[float] = None) -> dict[str, Any]:
+                 long_sent: float) -> dict[str, Any]:
     """Every stream's token arrivals in integer ms since the long prompt was sent, delta-encoded (``dt_ms``: first
     arrival minus ``sent_ms``, then gaps); ``tokens`` only when a stream event carried more than one token. Plus the
-    prefill window (``prefill_ms``: from the long request's send, ``long_sent``, default ``t_long``, to its first
-    token), the scenario and its settings: what :func:`plot_timeline` draws."""
+    prefill window (``prefill_ms``: from the long request's send, ``long_sent``, to its first token), the scenario
+    and its settings: what :func:`plot_timeline` draws."""
     streams = []
     for t in traces:
         ms = [round((e[0] - t_long) * 1e3) for e in t.events]
@@ -222,10 +222,9 @@ def timeline_doc(traces: Sequence[StreamTrace], t_long: float, t_end: float, o: 
         if t.error:
             item["error"] = t.error
         streams.append(item)
-    start = t_long if long_sent is None else long_sent
     return {"scenario": o.scenario, "backend": o.backend, "long_tokens": o.long_tokens, "streams_n": o.streams,
             "chat_rate": o.chat_rate, "gpu": o.gpu,
-            "prefill_ms": [round((start - t_long) * 1e3), round((t_end - t_long) * 1e3)], "streams": streams}
+            "prefill_ms": [round((long_sent - t_long) * 1e3), round((t_end - t_long) * 1e3)], "streams": streams}
 
 
 def _events(item: dict[str, Any]) -> tuple[list[float], list[int]]:

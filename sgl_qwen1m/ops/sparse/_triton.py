@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 __all__ = ["LOG2E", "_tuned", "_load_q", "_load_kv", "_region", "_tile_range", "_piece_meta",
-           "_lse_update", "_diag_index"]
+           "_lse_update", "_diag_index", "_est_logits"]
 
 LOG2E = 1.4426950408889634
 
@@ -33,7 +33,8 @@ def _tuned(stages: tuple[int, ...], reset: Optional[list[str]] = None):
 
 @triton.jit
 def _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, var, h, D: tl.constexpr):
-    """``[BM, D]`` rows of query variant ``var`` of head ``h`` (unscaled: logits are scaled in fp32 after the dot)."""
+    """``[BM, D]`` rows of query variant ``var`` of head ``h`` (unscaled: logits are scaled in fp32 after the dot);
+    ``h`` a scalar, or ``[BM, 1]`` for a head per row (a GQA head group's rows, ``estimate_gqa.py``)."""
     d = tl.arange(0, D)
     return tl.load(Q + trow[:, None] * s_qt + var * s_qv + h * s_qh + d[None, :], mask=rmask[:, None], other=0.0)
 
@@ -108,3 +109,18 @@ def _diag_index(BM: tl.constexpr, BN: tl.constexpr):
     ok_lo = (j_lo >= 0) & (j_lo < BN)
     ok_hi = (j_hi >= 0) & (j_hi < BN)
     return tl.where(ok_lo, j_lo, 0), ok_lo, tl.where(ok_hi, j_hi, 0), ok_hi
+
+
+@triton.jit
+def _est_logits(q, scale, K, s_kn, kvoff, R2T, pool, s_r2t, t, qend, pos, rmask, BN: tl.constexpr, D: tl.constexpr):
+    """Logits of the estimation rows ``q`` ``[R, D]`` (``R`` = 64 rows of one head, or of a GQA head group) against
+    key tile ``t`` of one KV head, gathered once through ``req_to_token``: ``(s, valid, cols, cmask, c)`` with ``s``
+    ``[R, BN]`` fp32 in log2 units, ``-inf`` where masked (causal, rows past ``n``, columns past ``qend``)."""
+    c = t * BN
+    cols = c + tl.arange(0, BN)
+    cmask = cols < qend
+    slots = tl.load(R2T + pool * s_r2t + cols, mask=cmask, other=0).to(tl.int64)
+    k = _load_kv(K, s_kn, kvoff, slots, cmask, q.dtype, D)
+    s = tl.dot(q, tl.trans(k)) * scale[:, None]  # fp32 logits in log2 units
+    valid = rmask[:, None] & (cols[None, :] <= pos[:, None])
+    return tl.where(valid, s, float("-inf")), valid, cols, cmask, c

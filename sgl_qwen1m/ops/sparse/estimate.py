@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sgl_qwen1m.ops.sparse._triton import (LOG2E, _diag_index, _load_kv, _load_q, _lse_update, _piece_meta,
+from sgl_qwen1m.ops.sparse._triton import (LOG2E, _diag_index, _est_logits, _load_q, _lse_update, _piece_meta,
                                            _region, _tile_range, _tuned)
 from sgl_qwen1m.ops.sparse.plan import BLOCK, SparseState
 
@@ -46,18 +46,6 @@ def _est_setup(PIECE, QS, sm_log2, s_kh, G: tl.constexpr, BM: tl.constexpr):
     scale = tl.load(QS + trow, mask=rmask, other=0.0) * sm_log2
     kvoff = (h // G) * s_kh
     return h, p, sp, H, kvoff, pool, c0, n, qend, rmask, pos, trow, scale
-
-
-@triton.jit
-def _est_logits(q, scale, K, s_kn, kvoff, R2T, pool, s_r2t, t, qend, pos, rmask, BN: tl.constexpr, D: tl.constexpr):
-    c = t * BN
-    cols = c + tl.arange(0, BN)
-    cmask = cols < qend
-    slots = tl.load(R2T + pool * s_r2t + cols, mask=cmask, other=0).to(tl.int64)
-    k = _load_kv(K, s_kn, kvoff, slots, cmask, q.dtype, D)
-    s = tl.dot(q, tl.trans(k)) * scale[:, None]  # fp32 logits in log2 units
-    valid = rmask[:, None] & (cols[None, :] <= pos[:, None])
-    return tl.where(valid, s, float("-inf")), valid, cols, cmask, c
 
 
 @triton.jit
@@ -194,7 +182,7 @@ def _estimate(q: torch.Tensor, state: SparseState, k_cache: torch.Tensor, *, sm_
         raise ValueError(f"estimation design {design!r}: choose from {', '.join(DESIGNS)}")
     q_scale, req_to_token, piece_table = state.q_scale, state.req_to_token, state.piece_table
     max_len = state.plan.max_len
-    t, nv, h, d = q.shape
+    _, nv, h, _ = q.shape
     hkv = k_cache.shape[1]
     p = piece_table.shape[0]
     dca = chunk_len is not None
@@ -209,26 +197,37 @@ def _estimate(q: torch.Tensor, state: SparseState, k_cache: torch.Tensor, *, sm_
     if design == "gqa":
         from sgl_qwen1m.ops.sparse import estimate_gqa as gqa
 
-        ns = splits_per_row(gqa.grid(h, hkv, p, 1)[0] * p, tiles, q.device, programs_per_sm)
-        ml = torch.empty(p, h, ns, 2, BLOCK, dtype=torch.float32, device=q.device)
-        gqa.gqa_lse_pass(q, k_cache, req_to_token, piece_table, q_scale, ml, sm_log2, cl, dca, BLOCK)
-        lse2 = combine_lse(ml)
-        if scores is not None:
-            gqa.gqa_scores_pass(q, k_cache, req_to_token, piece_table, q_scale, lse2, scores, sm_log2, cl, ns, dca,
-                                BLOCK)
-        return lse2 if scores is None else scores
-    ns = splits_per_row(h * p, tiles, q.device, programs_per_sm)
+        programs, lse_pass, scores_pass = gqa.grid(h, hkv, p, 1)[0], gqa.gqa_lse_pass, gqa.gqa_scores_pass
+    else:
+        programs, lse_pass, scores_pass = h, _head_lse_pass, _head_scores_pass
+    ns = splits_per_row(programs * p, tiles, q.device, programs_per_sm)
     ml = torch.empty(p, h, ns, 2, BLOCK, dtype=torch.float32, device=q.device)
-    common = dict(G=h // hkv, D=d, BM=BLOCK, BN=BLOCK, DCA=dca)
-    grid = (h, p, ns)
-    _est_lse_kernel[grid](q, q.stride(0), q.stride(1), q.stride(2), q_scale, k_cache, k_cache.stride(0),
-                          k_cache.stride(1), req_to_token, req_to_token.stride(0), piece_table, ml, sm_log2, cl, ns,
-                          **common)
+    lse_pass(q, k_cache, req_to_token, piece_table, q_scale, ml, sm_log2, cl, dca, BLOCK)
     lse2 = combine_lse(ml)
     if scores is None:
         return lse2
-    vert, slash = scores[0], scores[1]
-    _est_scores_kernel[grid](q, q.stride(0), q.stride(1), q.stride(2), q_scale, k_cache, k_cache.stride(0),
-                             k_cache.stride(1), req_to_token, req_to_token.stride(0), piece_table, lse2, vert, slash,
-                             vert.stride(0), vert.stride(1), sm_log2, cl, ns, **common)
+    scores_pass(q, k_cache, req_to_token, piece_table, q_scale, lse2, scores, sm_log2, cl, ns, dca, BLOCK)
     return scores
+
+
+def _head_lse_pass(q: torch.Tensor, k_cache: torch.Tensor, req_to_token: torch.Tensor, piece_table: torch.Tensor,
+                   q_scale: torch.Tensor, ml: torch.Tensor, sm_log2: float, cl: int, dca: bool, block: int) -> None:
+    """Pass 1 of the per-head design into ``ml`` ``[P, H, splits, 2, 64]`` (grid ``(H, P, splits)``)."""
+    _, _, h, d = q.shape
+    ns = ml.shape[2]
+    _est_lse_kernel[(h, piece_table.shape[0], ns)](
+        q, q.stride(0), q.stride(1), q.stride(2), q_scale, k_cache, k_cache.stride(0), k_cache.stride(1),
+        req_to_token, req_to_token.stride(0), piece_table, ml, sm_log2, cl, ns,
+        G=h // k_cache.shape[1], D=d, BM=block, BN=block, DCA=dca)
+
+
+def _head_scores_pass(q: torch.Tensor, k_cache: torch.Tensor, req_to_token: torch.Tensor, piece_table: torch.Tensor,
+                      q_scale: torch.Tensor, lse2: torch.Tensor, scores: torch.Tensor, sm_log2: float, cl: int,
+                      splits: int, dca: bool, block: int) -> None:
+    """Pass 2 of the per-head design into ``scores`` ``[2, P, H, L]`` (zeroed) from pass 1's ``[P, H, 64]`` LSE."""
+    _, _, h, d = q.shape
+    vert, slash = scores[0], scores[1]
+    _est_scores_kernel[(h, piece_table.shape[0], splits)](
+        q, q.stride(0), q.stride(1), q.stride(2), q_scale, k_cache, k_cache.stride(0), k_cache.stride(1),
+        req_to_token, req_to_token.stride(0), piece_table, lse2, vert, slash, vert.stride(0), vert.stride(1),
+        sm_log2, cl, splits, G=h // k_cache.shape[1], D=d, BM=block, BN=block, DCA=dca)

@@ -19,7 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from sgl_qwen1m.ops.sparse._triton import _diag_index, _load_kv, _lse_update, _piece_meta, _region, _tile_range
+from sgl_qwen1m.ops.sparse._triton import (_diag_index, _est_logits, _load_q, _lse_update, _piece_meta, _region,
+                                           _tile_range)
 
 __all__ = ["heads_per_program", "grid", "gqa_lse_pass", "gqa_scores_pass"]
 
@@ -61,25 +62,6 @@ def _setup(PIECE, QS, sm_log2, s_kh, G: tl.constexpr, GB: tl.constexpr, BM: tl.c
     return kvh, hg, p, sp, kvh * s_kh, pool, c0, n, qend, i, hmask, h, rmask, pos, trow, scale
 
 
-@triton.jit
-def _load_q_rows(Q, s_qt, s_qv, s_qh, trow, h, rmask, var, D: tl.constexpr):
-    d = tl.arange(0, D)
-    return tl.load(Q + trow[:, None] * s_qt + var * s_qv + h[:, None].to(tl.int64) * s_qh + d[None, :],
-                   mask=rmask[:, None], other=0.0)
-
-
-@triton.jit
-def _logits(q, scale, K, s_kn, kvoff, R2T, pool, s_r2t, t, qend, pos, rmask, BN: tl.constexpr, D: tl.constexpr):
-    c = t * BN
-    cols = c + tl.arange(0, BN)
-    cmask = cols < qend
-    slots = tl.load(R2T + pool * s_r2t + cols, mask=cmask, other=0).to(tl.int64)
-    k = _load_kv(K, s_kn, kvoff, slots, cmask, q.dtype, D)  # one gather for the GB heads
-    s = tl.dot(q, tl.trans(k)) * scale[:, None]
-    valid = rmask[:, None] & (cols[None, :] <= pos[:, None])
-    return tl.where(valid, s, float("-inf")), valid, cols, cmask, c
-
-
 @_configs()
 @triton.jit
 def _gqa_lse_kernel(
@@ -93,11 +75,11 @@ def _gqa_lse_kernel(
     l = tl.zeros([GB * BM], tl.float32)
     for reg in tl.static_range(0 if DCA else 2, 3):
         lo, hi, var = _region(reg, c0, cl, qend, DCA)
-        q = _load_q_rows(Q, s_qt, s_qv, s_qh, trow, h, rmask, var, D)
+        q = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, var, h[:, None].to(tl.int64), D)  # a head per row
         first, end = _tile_range(lo, hi, sp, nsplit, BN)
         for t in range(first, end, nsplit):
-            s, valid, cols, cmask, c = _logits(q, scale, K, s_kn, kvoff, R2T, pool, s_r2t, t, qend, pos, rmask,
-                                               BN, D)
+            s, valid, cols, cmask, c = _est_logits(q, scale, K, s_kn, kvoff, R2T, pool, s_r2t, t, qend, pos,
+                                                   rmask, BN, D)  # one K gather for the GB heads
             m, l = _lse_update(m, l, s)
     out = ML + ((p * H + h.to(tl.int64)) * nsplit + sp) * (2 * BM) + i
     tl.store(out, m, mask=hmask)
@@ -126,11 +108,11 @@ def _gqa_scores_kernel(
     idx_hi = tl.broadcast_to(j_hi[None, :, :], (GB, BM, BN))
     for reg in tl.static_range(0 if DCA else 2, 3):
         lo, hi, var = _region(reg, c0, cl, qend, DCA)
-        q = _load_q_rows(Q, s_qt, s_qv, s_qh, trow, h, rmask, var, D)
+        q = _load_q(Q, s_qt, s_qv, s_qh, trow, rmask, var, h[:, None].to(tl.int64), D)  # a head per row
         first, end = _tile_range(lo, hi, sp, nsplit, BN)
         for t in range(first, end, nsplit):
-            s, valid, cols, cmask, c = _logits(q, scale, K, s_kn, kvoff, R2T, pool, s_r2t, t, qend, pos, rmask,
-                                               BN, D)
+            s, valid, cols, cmask, c = _est_logits(q, scale, K, s_kn, kvoff, R2T, pool, s_r2t, t, qend, pos,
+                                                   rmask, BN, D)  # one K gather for the GB heads
             pr = tl.reshape(tl.where(valid, tl.exp2(s - lse[:, None]), 0.0), (GB, BM, BN))
             tl.store(vbase + cols[None, :], tl.sum(pr, 1), mask=hm[:, None] & cmask[None, :])
             dlo = tl.sum(tl.where(ok_lo[None, :, :], tl.gather(pr, idx_lo, axis=2), 0.0), 1)
