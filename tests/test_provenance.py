@@ -45,3 +45,24 @@ def test_jsonout_round_rounds_one_metric_in_place_and_says_so(tmp_path):
 
     with pytest.raises(SystemExit):
         main(["round", str(f), "--digits", "2"])
+
+
+def test_jsonout_reflow_keeps_values_and_puts_each_row_on_one_line(tmp_path):
+    import json
+
+    import pytest
+
+    from sgl_qwen1m.jsonout import load, main, write
+
+    rows = [{"metric": "survived", "backend": "qwen1m-dense", "prompt_tokens": 16, "value": 1.0, "case": f"c{i}",
+             "what": "x" * 150} for i in range(8)]
+    doc = {"command": "c", "rows": rows}
+    plain, packed = tmp_path / "r.json", tmp_path / "r.records.json.gz"
+    plain.write_text(json.dumps(doc, indent=1))
+    write(packed, doc, width=100)
+    assert main(["reflow", str(plain), str(packed), "--width", "1000"]) == 0
+    assert load(plain) == doc and load(packed) == doc
+    lines = plain.read_text().splitlines()
+    assert sum(ln.strip().startswith('{"metric"') for ln in lines) == 8  # ~220-char rows, one a line
+    with pytest.raises(SystemExit):
+        main(["reflow", str(plain), "--width", "10"])
