@@ -6,7 +6,7 @@
 #   call N:  bash scripts/gpu/fp8_chain.sh --wait 575
 #
 # STEPS (comma list, in this order; each starts its own server on port 30000 and stops it):
-#   profile        H200 step-time profile for the scheduler (7B-1M, local weights, prefixes to 512K, ~8 min)
+#   profile        step-time profile for the scheduler (7B-1M, local weights, prefixes to PROFILE_MAX=512K, ~8 min)
 #   load-sglang    1M prompt + 8 chat streams, SGLang's own scheduling (today's qwen1m), local weights (~5 min)
 #   load-policy    the same with QWEN1M_SCHEDULER=1 and the profile from step `profile` (~5 min)
 #   load-fi        stock flashinfer + --enable-mixed-chunk on the plain 7B shape at 256K (~4 min)
@@ -66,7 +66,7 @@ for s in ${1//,/ }; do
     case "$s" in
     profile)
         srv "$R/scheduler-profile/profile_server_$G.log" "$M1" qwen1m 16384 "${KVA[@]}" && local_w "$M1" &&
-            timeout 900 python3 -m sgl_qwen1m bench profile --url "$URL" --model-dir "$M1" --max-tokens 512K \
+            timeout 900 python3 -m sgl_qwen1m bench profile --url "$URL" --model-dir "$M1" --max-tokens "${PROFILE_MAX:-512K}" \
                 --chunks 2048,8192,16384 --out "$PROFILE"
         stop ;;
     load-sglang)
