@@ -400,3 +400,33 @@ def test_torch_selection_path_gives_the_same_pattern(name):
     ref = sp.pattern(state, 0, case.q5, case.k_pool)
     for field in ("v_idx", "s_idx", "cov", "diag", "dcnt", "vcnt"):
         assert torch.equal(getattr(fast, field), getattr(ref, field)), field
+
+
+def test_ops_sparse_synthetic_pattern_covers_a_chunk_that_crosses_a_dca_boundary():
+    """`bench ops-sparse --dca` at 262144 keys with chunk 16384 (the 7B's chunk_len 253952) cuts its chunk into two
+    pieces; the synthetic pattern must be per piece (the H100 run of 2026-12-07 died on a one-piece pattern)."""
+    from sgl_qwen1m.bench.ops_sparse import synthetic_indices
+    from sgl_qwen1m.ops.sparse.plan import PAD, layer_budgets
+    from sgl_qwen1m.ops.sparse.prefill import SparsePrefill
+
+    cfg = DCAConfig(chunk_size=576, local_size=64)  # chunk_len 512: keys [0, 640) with queries [384, 640) cross it
+    spans = [RequestSpan(384, 256)]
+    h, hkv, d = 4, 2, 16
+    budgets = budgets_for(h, vertical=40, slash=70)
+    shape = DCAShape(h, hkv, d, DTYPE, DTYPE, d**-0.5)
+    sp = SparsePrefill(shape, cfg, budgets, DEV, threshold=0)
+    r2t = torch.arange(640, dtype=torch.int32).view(1, -1)
+    state = sp.plan_extend(plan_extend(spans, cfg), spans, r2t, torch.zeros(1, dtype=torch.int64),
+                           torch.ones(256, dtype=torch.float32))
+    assert state.plan.num_pieces == 2 and state.q_end.tolist() == [512, 640]
+    lb = layer_budgets(budgets, DEV)[0]
+    v_idx, s_idx = synthetic_indices(state.q_end, lb, h, seed=0)
+    assert v_idx.shape[:2] == s_idx.shape[:2] == (2, h)
+    for p, q_end in enumerate(state.q_end.tolist()):
+        for hh in range(h):
+            v = v_idx[p, hh][v_idx[p, hh] != PAD]
+            s = s_idx[p, hh][s_idx[p, hh] != PAD]
+            assert len(v) == int(lb.vertical[hh]) and bool((v < q_end).all()) and v[:30].tolist() == list(range(30))
+            assert s.tolist() == list(range(min(int(lb.slash[hh]), q_end)))  # the local band
+    pat = sp.build_pattern(state, v_idx, s_idx)
+    assert pat.cov.shape[:2] == (2, h) and pat.dcnt.shape[:2] == (2, h)

@@ -38,12 +38,19 @@ URL=http://127.0.0.1:30000
 PROFILE="$R/scheduler-profile/$G.json"
 OUTL="$R/load-$G/load_$G.json"
 
-srv() {  # srv LOG MODEL BACKEND CHUNK [extra launch_server args...]: start, wait for /health (10 min at most)
+srv() {  # srv LOG MODEL BACKEND CHUNK [extra launch_server args...]: start, wait for /health (10 min at most; gives
+    # up at once if the server exits). The context length is the shapes' max_position_embeddings (1010000): SGLang
+    # refuses a longer one unless SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1 (the H100 run of 2026-12-07 waited
+    # 10 min on a server that had died at argument checking).
     python3 -m sglang.launch_server --model-path "$2" --load-format dummy --skip-tokenizer-init \
-        --attention-backend "$3" --context-length 1064960 --chunked-prefill-size "$4" --mem-fraction-static 0.80 \
+        --attention-backend "$3" --context-length 1010000 --chunked-prefill-size "$4" --mem-fraction-static 0.80 \
         --max-running-requests 32 --port 30000 --random-seed 0 "${@:5}" > "$1" 2>&1 &
     SRV=$!
-    for _ in $(seq 120); do curl -sf "$URL/health" > /dev/null && return 0; sleep 5; done
+    for _ in $(seq 120); do
+        curl -sf "$URL/health" > /dev/null && return 0
+        kill -0 "$SRV" 2>/dev/null || { echo "server exited before /health: tail of $1"; tail -3 "$1"; return 1; }
+        sleep 5
+    done
     return 1
 }
 stop() { kill "$SRV" 2>/dev/null; wait "$SRV" 2>/dev/null; pkill -f sglang.launch_server; sleep 5; }
