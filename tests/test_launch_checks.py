@@ -120,6 +120,24 @@ def test_launch_accepts_the_7b_1m_shape_with_its_sparse_file(launch, tmp_path):
     assert args.attention_backend == "qwen1m" and args.page_size == 1
 
 
+def _script_context_lengths() -> list[int]:
+    """Every ``--context-length N`` the GPU chains pass to ``launch_server`` (scripts/gpu/*.sh)."""
+    import re
+
+    text = "".join(p.read_text() for p in sorted((ROOT / "scripts" / "gpu").glob("*.sh")))
+    return sorted({int(n) for n in re.findall(r"--context-length[ =](\d+)", text)})
+
+
+def test_gpu_chain_context_lengths_pass_sglangs_launch_check(launch, tmp_path):
+    """The GPU chains' server arguments go through the same checks on CPU first: on 2026-12-07 an H100 call spent
+    10 minutes on a server that SGLang had refused at once (--context-length 1064960 above the shape's 1010000)."""
+    lengths = _script_context_lengths()
+    assert lengths, "no --context-length found in scripts/gpu/*.sh"
+    model = _model(tmp_path)
+    for n in lengths:
+        assert launch(model, "--context-length", str(n)).context_length == n
+
+
 @pytest.mark.parametrize("page_size", ["16", "64"])
 def test_rule_page_size_must_be_1(launch, tmp_path, page_size):
     message = _error(launch, _model(tmp_path), "--page-size", page_size)
