@@ -146,3 +146,27 @@ def test_local_weights_verb_parses():
     ns = cli.build_parser().parse_args(["bench", "local-weights", "--url", "http://127.0.0.1:30000",
                                         "--model-dir", "benchmarks/models/qwen2.5-7b-1m-shape", "--tp-size", "2"])
     assert ns.tp_size == 2 and ns.handler.__name__ == "_run_local_weights"
+
+
+def test_profile_probe_ladder_against_a_stand_in_server(server, tmp_path):
+    """`bench profile --url`'s bookkeeping (never run on a GPU yet): every probe of the plan is sent and timed, a
+    prefill probe's time is its TTFT (the stand-in: 2 ms per prompt token), a decode probe's is the median gap of
+    its batch (the stand-in's 20 ms), and the fitted profile is written with the GPU name and its provenance."""
+    from sgl_qwen1m.bench.load_cli import run_profile
+    from sgl_qwen1m.scheduler.profile import Profile, measurement_plan
+
+    chunks = [16, 32]
+    prof, samples = run_profile(server, "benchmarks/models/qwen2.5-7b-1m-shape", 128, chunks, 30.0, "stand-in")
+    plan = measurement_plan(128, chunks)
+    assert len(samples) == len(plan) and any(p.kind == "decode" for p in plan)
+    for p, s in zip(plan, samples):
+        if p.kind == "prefill":
+            assert s.source == f"prefill prefix={p.prefix} extend={p.extend}"
+            assert s.seconds == pytest.approx((p.prefix + p.extend) * MS_PER_PROMPT_TOKEN / 1e3, abs=0.1)
+        else:
+            assert s.source == f"decode kv={p.prefix} batch={p.batch}"
+            assert s.seconds == pytest.approx(GAP_S, abs=0.015)
+    out = tmp_path / "stand-in.json"
+    prof.save(out)
+    back = Profile.load(out)
+    assert back.gpu == "stand-in" and back.provenance["max_tokens"] == 128 and back.provenance["chunks"] == chunks
