@@ -66,6 +66,12 @@ use_profile() {  # the profile measured by step `profile` when it has every coef
 m = Profile.load(sys.argv[1]).missing; print('measured profile lacks', m) if m else None; sys.exit(bool(m))" \
             "$PROFILE"; then export QWEN1M_SCHEDULER_PROFILE="$PROFILE"
     else unset QWEN1M_SCHEDULER_PROFILE; echo "no complete measured profile: the scheduler uses the stored one"; fi; }
+sched_on() {  # sched_on LOG: one 1-token request, then the hook's own line in the server log says the scheduler is on;
+    # without it (no profile for this GPU, ...) the step stops instead of labelling SGLang's scheduling as the policy
+    curl -sf "$URL/generate" -H 'Content-Type: application/json' \
+        -d '{"input_ids": [1, 2, 3, 4], "sampling_params": {"max_new_tokens": 1}}' > /dev/null; sleep 1
+    grep -q "qwen1m scheduler: on" "$1" && return 0
+    echo "qwen1m scheduler is OFF in $1 (the hook says why):"; grep "qwen1m scheduler" "$1" | tail -2; return 1; }
 dense_copy() { rm -rf /tmp/m1-dense && mkdir -p /tmp/m1-dense && cp "$M1/config.json" /tmp/m1-dense/; }
 
 for s in ${1//,/ }; do
@@ -84,6 +90,7 @@ for s in ${1//,/ }; do
     load-policy)
         use_profile; QWEN1M_SCHEDULER=1 QWEN1M_ITL_TARGET_MS=1000 \
             srv "$R/load-$G/qwen1m_policy_server.log" "$M1" qwen1m 16384 --enable-mixed-chunk "${KVA[@]}" && local_w "$M1" &&
+            sched_on "$R/load-$G/qwen1m_policy_server.log" &&
             timeout 900 python3 -m sgl_qwen1m bench load --url "$URL" --long-tokens 1000000 --streams 8 \
                 --chat-rate 0.5 --backend "qwen1m-sparse$W" --scenario qwen1m-policy --kv-dtype "$KVL" --no-plot --out "$OUTL"
         stop ;;
@@ -97,6 +104,7 @@ for s in ${1//,/ }; do
         dense_copy
         use_profile; QWEN1M_SCHEDULER=1 QWEN1M_ITL_TARGET_MS=1000 \
             srv "$R/load-$G/dense_policy_server.log" /tmp/m1-dense qwen1m 16384 --enable-mixed-chunk "${KVA[@]}" &&
+            sched_on "$R/load-$G/dense_policy_server.log" &&
             for n in 256K 512K; do
                 timeout 900 python3 -m sgl_qwen1m bench load --url "$URL" --long-tokens "$n" --streams 8 \
                     --chat-rate 0.5 --backend qwen1m-dense --scenario qwen1m-dense-policy --kv-dtype "$KVL" --no-plot --out "$OUTL"
