@@ -73,6 +73,8 @@ sched_on() {  # sched_on LOG: one 1-token request, then the hook's own line in t
     grep -q "qwen1m scheduler: on" "$1" && return 0
     echo "qwen1m scheduler is OFF in $1 (the hook says why):"; grep "qwen1m scheduler" "$1" | tail -2; return 1; }
 dense_copy() { rm -rf /tmp/m1-dense && mkdir -p /tmp/m1-dense && cp "$M1/config.json" /tmp/m1-dense/; }
+# `source scripts/gpu/load_chain.sh` stops here: the functions above for single commands by hand (scripts/gpu/README.md)
+[ "${BASH_SOURCE[0]}" = "$0" ] || return 0
 
 for s in ${1//,/ }; do
     echo "=== $(date +%T) $s"
