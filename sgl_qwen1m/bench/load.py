@@ -7,10 +7,21 @@ server (``python -m sglang.launch_server ...``; loopback, stdlib HTTP, streamed 
    first token arrives every chat is closed (the server aborts a dropped stream).
 
 Reported (rows keyed by ``case`` = ``scenario``, ``prompt_tokens`` = the long prompt): ``ttft_s``, ``ttft_idle_s``,
-``ttft_ratio_vs_idle``; ``itl_p50_ms`` / ``itl_p99_ms`` / ``itl_max_ms`` over every gap between token-bearing stream
-events of every chat inside the prefill window (from sending the long prompt to its first token; a gap that straddles
-the window's start counts); ``chat_ttft_s`` (max over the chats that arrived during the prefill; p50 and all samples
-in the row). The timeline of every stream is saved beside the JSON (``<out stem>.<scenario>.timeline.json``,
+``ttft_ratio_vs_idle``; ``itl_p50_ms`` / ``itl_p99_ms`` / ``itl_max_ms`` over the gaps of every chat in the prefill
+window ``(t_long, t_end]`` (from sending the long prompt to its first token), :func:`window_gaps`:
+
+* every gap between two token-bearing events of a stream whose later event lies in the window (so a gap that
+  straddles the window's start counts);
+* plus one *censored* gap per stream still open at ``t_end`` (it had its first token by then, had not ended by itself
+  before ``t_end`` and had no error before it): ``t_end`` minus its last event at or before ``t_end``, even when that
+  event is before ``t_long``. The chats are closed at ``t_end``, so this is a lower bound of the gap it was in: a
+  chat stalled from before ``t_end`` to after it would otherwise count nothing.
+
+``chat_ttft_s``: max over the chats that arrived during the prefill (:func:`chat_ttfts`): the real TTFT of each that
+got a first token (also after ``t_end``), ``t_end - sent`` (a lower bound, censored) for each that got none and had
+no error before ``t_end``; p50 and all samples in the row. The ``itl_*`` and ``chat_ttft_s`` rows carry ``censored``:
+how many of their values are such lower bounds (:func:`summary_from_timeline` recomputes all of this from a saved
+timeline). The timeline of every stream is saved beside the JSON (``<out stem>.<scenario>.timeline.json``,
 :func:`timeline_doc`) so its plot can be drawn anywhere (``bench plot --kind timeline FILE``; the GPU host has no
 matplotlib): tokens of each stream over time, the long prompt's prefill shaded and the engine steps inside it marked
 (every token arrival of a chat ends one step).
@@ -24,14 +35,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 from .common import make_prompt, sse_chunks
 from .reliability_http import connect
 from .results import Results, command_line
 
-__all__ = ["LoadOptions", "StreamTrace", "percentile", "gap_stats", "stream_generate", "run_load", "timeline_doc",
-           "plot_timeline"]
+__all__ = ["LoadOptions", "StreamTrace", "percentile", "gap_stats", "window_gaps", "chat_ttfts", "window_summary",
+           "stream_generate", "run_load", "timeline_doc", "summary_from_timeline", "plot_timeline"]
 
 
 @dataclass(kw_only=True)
@@ -62,6 +73,8 @@ class StreamTrace:
     sent: float
     events: list[tuple[float, int]] = field(default_factory=list)
     error: str = ""
+    ended: Optional[float] = None  # when the server ended the stream by itself (not cut by ``stop``, no error)
+    error_at: Optional[float] = None  # when ``error`` was set (None with an error: taken as from the start)
 
     @property
     def first_token(self) -> Optional[float]:
@@ -70,6 +83,54 @@ class StreamTrace:
     def gaps(self, start: float = float("-inf"), end: float = float("inf")) -> list[float]:
         """Seconds between consecutive token events whose later event lies in ``(start, end]``."""
         return [b[0] - a[0] for a, b in zip(self.events, self.events[1:]) if start < b[0] <= end]
+
+    def failed_by(self, end: float) -> bool:
+        """Whether the stream had an error at or before ``end``."""
+        return bool(self.error) and (self.error_at is None or self.error_at <= end)
+
+    def open_gap(self, end: float) -> Optional[float]:
+        """The censored gap of a stream still open at ``end``: ``end`` minus its last token event at or before
+        ``end`` (a lower bound of the gap it was in when it was closed). None when it had no token by ``end``, had
+        ended by itself (``ended``) or failed (``error``) at or before ``end``."""
+        if (self.ended is not None and self.ended <= end) or self.failed_by(end):
+            return None
+        last = max((t for t, _ in self.events if t <= end), default=None)
+        return None if last is None else end - last
+
+
+def window_gaps(traces: Sequence[StreamTrace], start: float, end: float) -> tuple[list[float], int]:
+    """The inter-token gaps of ``traces`` in the window ``(start, end]`` and how many of them are censored: every gap
+    whose later event lies in the window (:meth:`StreamTrace.gaps`), then one :meth:`StreamTrace.open_gap` per
+    stream still open at ``end``."""
+    gaps = [g for t in traces for g in t.gaps(start, end)]
+    cut = [g for g in (t.open_gap(end) for t in traces) if g is not None]
+    return gaps + cut, len(cut)
+
+
+def chat_ttfts(arrivals: Sequence[StreamTrace], end: float) -> tuple[list[float], int]:
+    """TTFTs of the chats that arrived in a window ending at ``end`` and how many are censored: the real one when a
+    first token came (also after ``end``), else ``end - sent`` (a lower bound) unless the chat failed by ``end``."""
+    out, cut = [], 0
+    for t in arrivals:
+        if t.first_token is not None:
+            out.append(t.first_token - t.sent)
+        elif not t.failed_by(end):
+            out.append(max(0.0, end - t.sent))
+            cut += 1
+    return out, cut
+
+
+def window_summary(traces: Sequence[StreamTrace], arrivals: Sequence[StreamTrace], start: float,
+                   end: float) -> dict[str, Any]:
+    """``itl_*`` (:func:`gap_stats` of :func:`window_gaps`) and ``chat_ttft_s`` (max of :func:`chat_ttfts`), each
+    only when it has values, with ``gaps`` / ``gaps_censored`` and ``chat_ttft_samples`` / ``chat_ttft_censored``."""
+    gaps, gaps_cut = window_gaps(traces, start, end)
+    ttfts, ttft_cut = chat_ttfts(arrivals, end)
+    out: dict[str, Any] = gap_stats(gaps) if gaps else {}
+    if ttfts:
+        out["chat_ttft_s"] = max(ttfts)
+    return {**out, "gaps": len(gaps), "gaps_censored": gaps_cut, "chat_ttft_samples": ttfts,
+            "chat_ttft_censored": ttft_cut}
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -103,10 +164,17 @@ def stream_generate(base: str, ids: list[int], new_tokens: int, trace: StreamTra
         if resp.status != 200:
             trace.error = f"HTTP {resp.status}: {resp.read()[:200]!r}"
             return trace
-        seen = 0
-        # One line at a time until the stream ends or ``stop`` is set (checked before each read, as it blocks).
-        lines = iter(lambda: b"" if stop.is_set() else resp.readline(), b"")
-        for chunk in sse_chunks(lines):
+        seen, cut = 0, False
+
+        def lines() -> Iterator[bytes]:  # one line at a time until EOF or ``stop`` (checked before each read)
+            nonlocal cut
+            while not (cut := stop.is_set()):
+                line = resp.readline()
+                if not line:
+                    return
+                yield line
+
+        for chunk in sse_chunks(lines()):
             if "error" in chunk:
                 trace.error = str(chunk["error"])[:200]
                 break
@@ -117,10 +185,15 @@ def stream_generate(base: str, ids: list[int], new_tokens: int, trace: StreamTra
             if time.perf_counter() - trace.sent > timeout_s:
                 trace.error = f"still streaming after {timeout_s:.0f}s"
                 break
+        else:
+            if not cut:  # [DONE] or EOF: the server ended it
+                trace.ended = time.perf_counter()
     except (OSError, http.client.HTTPException, ValueError) as e:
         trace.error = trace.error or f"{type(e).__name__}: {e}"
     finally:
         conn.close()
+        if trace.error and trace.error_at is None:
+            trace.error_at = time.perf_counter()
     return trace
 
 
@@ -174,7 +247,7 @@ def run_load(o: LoadOptions, argv: Optional[list[str]] = None) -> dict[str, Any]
     stop.set()
     for th in threads:
         th.join(5.0)
-    gaps = [g for t in traces for g in t.gaps(t_long, t_end)]
+    w = window_summary(traces, arrivals, t_long, t_end)
     res = Results.open(o.out, command=command_line(argv), gpu=o.gpu)
     extra = {"case": o.scenario, "scenario": o.scenario, "streams": o.streams, "chat_rate": o.chat_rate,
              "chat_prompt": o.chat_prompt, **({"kv_dtype": o.kv_dtype} if o.kv_dtype else {})}
@@ -182,20 +255,20 @@ def run_load(o: LoadOptions, argv: Optional[list[str]] = None) -> dict[str, Any]
     if idle is not None:
         summary["ttft_idle_s"] = idle.first_token - idle.sent  # type: ignore[operator]
         summary["ttft_ratio_vs_idle"] = summary["ttft_s"] / summary["ttft_idle_s"]
-    if gaps:
-        summary.update(gap_stats(gaps))
-    chat_ttfts = [t.first_token - t.sent for t in arrivals if t.first_token is not None]
-    if chat_ttfts:
-        summary["chat_ttft_s"] = max(chat_ttfts)
+    summary.update({k: w[k] for k in ("itl_p50_ms", "itl_p99_ms", "itl_max_ms", "chat_ttft_s") if k in w})
+    ttfts = w["chat_ttft_samples"]
     for metric, value in summary.items():
-        more = {"samples": [round(x, 4) for x in chat_ttfts], "p50": percentile(chat_ttfts, 50)} \
-            if metric == "chat_ttft_s" else {}
+        more: dict[str, Any] = {"censored": w["gaps_censored"]} if metric.startswith("itl_") else {}
+        if metric == "chat_ttft_s":
+            more = {"samples": [round(x, 4) for x in ttfts], "p50": percentile(ttfts, 50),
+                    "censored": w["chat_ttft_censored"]}
         res.upsert(metric, o.backend, o.long_tokens, value, save=False, **extra, **more)
     errors = [f"{t.name}: {t.error}" for t in traces if t.error and t.first_token is None]
     if errors:
         res.backend_info(o.backend, save=False, error="; ".join(errors[:5]))
     res.save()
-    summary.update(gaps=len(gaps), chats_started=len(arrivals), errors=errors)
+    summary.update(gaps=w["gaps"], gaps_censored=w["gaps_censored"], chat_ttft_censored=w["chat_ttft_censored"],
+                   chats_started=len(arrivals), errors=errors)
     doc = timeline_doc(traces, t_long, t_end, o, long_sent=long.sent)
     tl_path = Path(o.out).with_suffix(f".{o.scenario}.timeline.json")
     tl_path.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
@@ -208,7 +281,8 @@ def run_load(o: LoadOptions, argv: Optional[list[str]] = None) -> dict[str, Any]
 def timeline_doc(traces: Sequence[StreamTrace], t_long: float, t_end: float, o: LoadOptions,
                  long_sent: float) -> dict[str, Any]:
     """Every stream's token arrivals in integer ms since the long prompt was sent, delta-encoded (``dt_ms``: first
-    arrival minus ``sent_ms``, then gaps); ``tokens`` only when a stream event carried more than one token. Plus the
+    arrival minus ``sent_ms``, then gaps); ``tokens`` only when a stream event carried more than one token;
+    ``error`` with ``error_ms`` and ``ended_ms`` (the server ended it) when there are. Plus the
     prefill window (``prefill_ms``: from the long request's send, ``long_sent``, to its first token), the scenario
     and its settings: what :func:`plot_timeline` draws."""
     streams = []
@@ -221,6 +295,10 @@ def timeline_doc(traces: Sequence[StreamTrace], t_long: float, t_end: float, o: 
             item["tokens"] = [e[1] for e in t.events]
         if t.error:
             item["error"] = t.error
+            if t.error_at is not None:
+                item["error_ms"] = round((t.error_at - t_long) * 1e3)
+        if t.ended is not None:
+            item["ended_ms"] = round((t.ended - t_long) * 1e3)
         streams.append(item)
     return {"scenario": o.scenario, "backend": o.backend, "long_tokens": o.long_tokens, "streams_n": o.streams,
             "chat_rate": o.chat_rate, "gpu": o.gpu,
@@ -234,6 +312,22 @@ def _events(item: dict[str, Any]) -> tuple[list[float], list[int]]:
         acc += d
         ts.append(acc / 1e3)
     return ts, item.get("tokens") or list(range(1, len(ts) + 1))
+
+
+def summary_from_timeline(doc: dict[str, Any]) -> dict[str, Any]:
+    """:func:`window_summary` of a saved timeline (integer ms, so gaps to the ms), with ``ttft_s``: its streams'
+    traces in s since the long prompt was sent (the window is ``(0, prefill_ms[1]]``); the chats that arrived
+    during the prefill are those sent at or after ``prefill_ms[0]`` (as :func:`plot_timeline` colours them)."""
+    traces, arrivals = [], []
+    for item in doc["streams"]:
+        ts, ns = _events(item)
+        t = StreamTrace(item["name"], item["sent_ms"] / 1e3, list(zip(ts, ns, strict=True)), item.get("error", ""),
+                        *(item[k] / 1e3 if k in item else None for k in ("ended_ms", "error_ms")))
+        traces.append(t)
+        if item["sent_ms"] >= doc["prefill_ms"][0]:
+            arrivals.append(t)
+    lo, hi = doc["prefill_ms"]
+    return {"ttft_s": (hi - lo) / 1e3, **window_summary(traces, arrivals, 0.0, hi / 1e3)}
 
 
 def plot_timeline(doc: Union[dict[str, Any], Sequence[dict[str, Any]]], path: Path) -> bool:
