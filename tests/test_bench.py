@@ -640,11 +640,12 @@ def test_decode_timing_at_several_lengths_or_none() -> None:
 
 
 def test_every_committed_results_file_follows_the_schema():
-    """Every JSON under benchmarks/results/ validates (training-argument dumps and a trained model's own files, kept
-    in a ``model/`` folder beside its results, are not results files)."""
+    """Every JSON under benchmarks/results/ validates (training-argument dumps, a trained model's own files kept in a
+    ``model/`` folder beside its results, and scheduler step-time profiles kept in a ``profiles/`` folder are not
+    results files)."""
     root = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
     files = [f for f in sorted(root.rglob("*.json")) if not f.name.endswith(".training_args.json")
-             and "model" not in f.relative_to(root).parts[:-1]]
+             and not {"model", "profiles"} & set(f.relative_to(root).parts[:-1])]
     assert len(files) > 30
     bad = {f.relative_to(root).as_posix(): results.validate(json.loads(f.read_text())) for f in files}
     assert not {k: v for k, v in bad.items() if v}

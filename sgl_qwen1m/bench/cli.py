@@ -40,6 +40,7 @@ Benchmarks of sgl_qwen1m on SGLang 0.5.17 with dummy weights (random, same shape
   plot         TTFT vs prompt length with the arithmetic floor, from a results JSON (needs matplotlib).
   plan         FLOP floor and SGLang memory split for given lengths (CPU only).
   load, profile  the scheduler's benchmarks (chat streams under a long prefill; step-time profile), running server.
+  profile-check  step-time profiles against the steps a server logged, and a refit from them (CPU).
   stages       GPU time per prefill stage of one long prompt (torch-profiler trace of a running server).
 """
 
@@ -125,7 +126,7 @@ def register(subparsers: Any) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = ap.add_subparsers(required=True, metavar="{e2e,serve-smoke,reliability,ops-decode,ops-sparse,plot,plan,load,profile,stages}")
+    sub = ap.add_subparsers(required=True, metavar="{e2e,serve-smoke,reliability,ops-decode,ops-sparse,plot,plan,load,profile,profile-check,stages}")
 
     e = sub.add_parser("e2e", help="TTFT / decode step / peak memory per backend through sgl.Engine (dummy weights)")
     e.add_argument(
@@ -207,6 +208,9 @@ def register(subparsers: Any) -> None:
     from .load_cli import register as register_load  # load, profile (the scheduler's benchmarks)
 
     register_load(sub)
+    from .profile_check import register as register_profile_check  # profiles vs a server's logged steps (CPU)
+
+    register_profile_check(sub)
     from .stages import register as register_stages  # GPU time per prefill stage (issue 18)
 
     register_stages(sub)

@@ -128,6 +128,9 @@ def _timed(url: str, ids: list[int], new: int, timeout_s: float, n: int = 1) -> 
     return traces
 
 
+OUTLIER_FACTOR = 3.0  # a probe that compiled a kernel took 10-100x its neighbours on the 2026-12-08 H100 ladder
+
+
 def run_profile(url: str, model_dir: str, max_tokens: int, chunks: list[int], timeout_s: float,
                 gpu: str) -> tuple[Profile, list[Sample]]:
     """Time the measurement plan against ``url`` and fit (see the module docstring)."""
@@ -145,11 +148,12 @@ def run_profile(url: str, model_dir: str, max_tokens: int, chunks: list[int], ti
             step = gaps[len(gaps) // 2]  # median gap: one decode step of the whole batch
             work = cost.decode_many([p.prefix] * p.batch) + StepWork(steps=1.0)
             samples.append(Sample(work, step, f"decode kv={p.prefix} batch={p.batch}"))
-    res = fit(samples)
-    prov = {"how": "sgl_qwen1m bench profile --url (radix-cache probe ladder, relative least squares)",
+    res = fit(samples, outlier_factor=OUTLIER_FACTOR)
+    prov = {"how": "sgl_qwen1m bench profile --url (radix-cache probe ladder, relative least squares, outliers "
+                   f"more than {OUTLIER_FACTOR:g}x off left out)",
             "model_dir": model_dir, "max_tokens": max_tokens, "chunks": chunks, "date": time.strftime("%F"),
             "not_measured": [k for k, v in res.coefficients.items() if v is None]}
-    return Profile.from_fit(gpu, res, prov), samples
+    return Profile.from_fit(gpu, res, prov, samples), samples
 
 
 def _run_profile(ns: argparse.Namespace, argv: list[str]) -> int:

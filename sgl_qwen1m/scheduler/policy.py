@@ -10,8 +10,14 @@ Rules, in order (one :meth:`StepPolicy.plan_step` call per step):
    chunk therefore grows when the step has room and shrinks as its prefix (dense DCA: quadratic attention; sparse: the
    estimation pass over every earlier key) makes each token dearer; taking the largest chunk that fits also means the
    fewest steps, so the estimation pass's fixed cost per chunk is paid as few times as the target allows.
-4. When nothing fits (the decode rows alone exceed the target) the step still makes progress: ``min_progress_tokens``
-   of the first waiting prompt (``feasible`` False).
+4. The first piece of a step has a floor: the largest chunk whose added time is within ``chunk_floor_factor``
+   (default 1.5) times what the smallest piece (``min_progress_tokens``) adds. Deep into a million-token prompt the
+   estimation pass over every earlier key is a fixed cost per chunk; a chunk squeezed under the target by it would
+   pay that cost for a few hundred tokens (efficiency far below a half), and when even the smallest piece is over
+   the target (decode rows alone over it, or the fixed cost itself) the old fallback ran 64 tokens per step. So a
+   step may exceed the target (``feasible`` False) rather than run a chunk whose useful work is under a half of its
+   fixed cost. The 2026-12-08 H100 run showed why: with a 64-token fallback, a profile that overpredicted the
+   estimation pass turned a 62 s prefill into a 1,234 s plan (``benchmarks/results/scheduler-h100/``).
 
 Only one request is chunked per step (as in SGLang's ``PrefillAdder``): after a partially admitted prompt the step
 is closed.
@@ -57,6 +63,8 @@ class PolicyConfig:
     ``max_step_tokens``: the activation bound, tokens per step (prefill + decode rows); with
     ``activation_budget_bytes`` it is derived as ``budget // CostModel.activation_bytes_per_token`` instead.
     ``granule``: chunk sizes of a partially admitted prompt are multiples of this (the 64-row sparse tile).
+    ``chunk_floor_factor``: a step's first piece is at least the largest chunk that adds at most this many times
+    what the smallest piece (``min_progress_tokens``) adds (rule 4 of the module docstring); 1: no floor.
     """
 
     itl_target_ms: float = 1000.0
@@ -64,6 +72,7 @@ class PolicyConfig:
     max_step_tokens: int = 16384
     activation_budget_bytes: Optional[int] = None
     min_progress_tokens: int = 64
+    chunk_floor_factor: float = 1.5
     granule: int = 64
     long_prompt_tokens: int = 32768
 
@@ -75,6 +84,8 @@ class PolicyConfig:
         for name in ("max_step_tokens", "min_progress_tokens", "granule", "long_prompt_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.chunk_floor_factor) and self.chunk_floor_factor >= 1):
+            raise ValueError(f"chunk_floor_factor must be a finite number >= 1, got {self.chunk_floor_factor}")
         if self.activation_budget_bytes is not None and self.activation_budget_bytes < 1:
             raise ValueError(f"activation_budget_bytes must be >= 1, got {self.activation_budget_bytes}")
 
@@ -175,6 +186,16 @@ class StepPolicy:
                 hi = mid - 1
         return first + lo * g if lo >= 0 else 0
 
+    def floor_chunk(self, base: StepWork, prefix: int, limit: int) -> int:
+        """Rule 4's floor: the largest ``c <= limit`` whose piece adds at most ``chunk_floor_factor`` times what the
+        smallest piece (``min_progress_tokens``) adds to the step; never less than that smallest piece."""
+        small = min(self.cfg.min_progress_tokens, limit)
+        if self.cfg.chunk_floor_factor == 1:
+            return small
+        base_s = self.predict_s(base)
+        added = self.predict_s(base + self.cost.prefill_work(prefix, small)) - base_s
+        return max(small, self.largest_fit(base, prefix, limit, base_s + self.cfg.chunk_floor_factor * added))
+
     def order(self, waiting: Sequence[Waiting]) -> list[Waiting]:
         """Short prompts first (arrival order), then long ones (arrival order)."""
         long_min = self.cfg.long_prompt_tokens
@@ -192,12 +213,10 @@ class StepPolicy:
                 break
             limit = min(w.remaining, tokens_left)
             c = self.largest_fit(base, w.done, limit, target) if feasible else 0
-            if c == 0:
-                if not pieces:  # graceful degradation: some progress every step
-                    c = min(self.cfg.min_progress_tokens, limit)
-                    feasible = False
-                else:
-                    break
+            if not pieces:  # progress every step, and never a chunk dwarfed by its fixed cost (rule 4)
+                c = max(c, self.floor_chunk(base, w.done, limit))
+            elif c == 0:
+                break
             pieces.append(PrefillPiece(w.rid, w.done, c))
             base = base + self.cost.prefill_work(w.done, c)
             tokens_left -= c

@@ -27,7 +27,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 from .cost import WORK_FIELDS, StepWork
 
 __all__ = ["Sample", "FitResult", "Profile", "fit", "solve_least_squares", "Probe", "measurement_plan",
-           "profile_path", "PROFILE_DIR"]
+           "profile_path", "PROFILE_DIR", "stored_samples"]
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
@@ -70,19 +70,50 @@ class FitResult:
     coefficients: dict[str, Optional[float]]
     residuals: list[tuple[str, float]]
     dropped: tuple[str, ...] = ()
+    outliers: tuple[tuple[str, float], ...] = ()  # (sample, predicted / measured - 1) left out of the fit
 
     @property
     def max_abs_residual(self) -> float:
         return max((abs(r) for _, r in self.residuals), default=0.0)
 
 
-def fit(samples: Sequence[Sample], relative: bool = True) -> FitResult:
+def fit(samples: Sequence[Sample], relative: bool = True, outlier_factor: Optional[float] = None,
+        max_outlier_share: float = 0.1) -> FitResult:
     """Least-squares coefficients from samples.
 
     ``relative``: weight each sample by ``1 / seconds`` (fits relative error, so 1 ms kernel rows and 30 s TTFT rows
     count alike). Work counts no sample has are left None. A coefficient fitted negative (the data cannot separate
     it from the others) is dropped (None, listed in ``dropped``) and the rest refitted.
+
+    ``outlier_factor``: leave out, one at a time (worst first) and refitting after each, samples whose measured time
+    is more than this factor away from the fit's prediction (either way), at most ``max_outlier_share`` of the
+    samples; they are listed in ``outliers`` with their residual under the final fit. A step that compiled a kernel
+    (the first sparse step, the first step across a DCA chunk boundary: 10-100x its neighbours on the 2026-12-08
+    H100 probe ladder) is such a sample.
     """
+    if outlier_factor is not None and not outlier_factor > 1:
+        raise ValueError(f"outlier_factor must be > 1, got {outlier_factor}")
+    kept = list(samples)
+    out: list[Sample] = []
+    res = _fit(kept, relative)
+    while outlier_factor is not None and len(out) + 1 <= max_outlier_share * len(samples):
+        ratios = [abs(math.log(max(r + 1.0, 1e-12))) for _, r in res.residuals]
+        worst = max(range(len(kept)), key=ratios.__getitem__)
+        if ratios[worst] <= math.log(outlier_factor):
+            break
+        out.append(kept.pop(worst))
+        res = _fit(kept, relative)
+    if not out:
+        return res
+    pred = {s.source: _predict(res.coefficients, s.work) / s.seconds - 1.0 for s in out}
+    return FitResult(res.coefficients, res.residuals, res.dropped, tuple((s.source, pred[s.source]) for s in out))
+
+
+def _predict(coef: Mapping[str, Optional[float]], work: StepWork) -> float:
+    return sum(v * (coef[f] or 0.0) for f, v in zip(WORK_FIELDS, work.vector()))
+
+
+def _fit(samples: Sequence[Sample], relative: bool) -> FitResult:
     if not samples:
         raise ValueError("fit needs at least one sample")
     bad = [s.source or str(i) for i, s in enumerate(samples) if not (s.seconds > 0 and math.isfinite(s.seconds))]
@@ -114,10 +145,7 @@ def fit(samples: Sequence[Sample], relative: bool = True) -> FitResult:
     coef: dict[str, Optional[float]] = {f: None for f in WORK_FIELDS}
     for j, xv in zip(active, x):
         coef[WORK_FIELDS[j]] = xv
-    res = []
-    for s, v in zip(samples, vecs):
-        pred = sum(v[j] * (coef[WORK_FIELDS[j]] or 0.0) for j in range(len(WORK_FIELDS)))
-        res.append((s.source, pred / s.seconds - 1.0))
+    res = [(s.source, _predict(coef, s.work) / s.seconds - 1.0) for s in samples]
     return FitResult(coef, res, tuple(dropped))
 
 
@@ -187,10 +215,18 @@ class Profile:
         return cls.load(path)
 
     @classmethod
-    def from_fit(cls, gpu: str, result: FitResult, provenance: Mapping[str, Any]) -> "Profile":
+    def from_fit(cls, gpu: str, result: FitResult, provenance: Mapping[str, Any],
+                 samples: Sequence[Sample] = ()) -> "Profile":
+        """A profile of a fit; ``samples`` (those fitted and the outliers) are stored with it, so it can be refitted
+        with more samples later (:func:`stored_samples`)."""
         prov = dict(provenance)
         prov["residuals"] = [{"sample": s, "rel_error": round(r, 4)} for s, r in result.residuals]
         prov["dropped_negative"] = list(result.dropped)
+        if result.outliers:
+            prov["outliers"] = [{"sample": s, "rel_error": round(r, 4)} for s, r in result.outliers]
+        if samples:
+            prov["samples"] = [{"sample": x.source, "seconds": float(f"{x.seconds:.6g}"),
+                                "work": {f: v for f, v in zip(WORK_FIELDS, x.work.vector()) if v}} for x in samples]
         return cls(gpu, result.coefficients, prov)
 
 
@@ -236,3 +272,10 @@ def measurement_plan(max_tokens: int, chunks: Sequence[int] = (1024, 4096, 8192,
         if i % decode_every == 0:
             out += [Probe("decode", prefix, batch=b, steps=decode_steps) for b in (1, 8)]
     return out
+
+
+def stored_samples(profile: Profile) -> list[Sample]:
+    """The samples a profile was fitted from (``provenance.samples``, written by :meth:`Profile.from_fit`); empty
+    when the profile does not carry them."""
+    return [Sample(StepWork(**{f: float(v) for f, v in x["work"].items()}), float(x["seconds"]), str(x["sample"]))
+            for x in profile.provenance.get("samples", ())]
