@@ -42,10 +42,11 @@ srv() {  # srv LOG MODEL BACKEND CHUNK [extra launch_server args...]: start, wai
     # up at once if the server exits). The context length is the shapes' max_position_embeddings (1010000): SGLang
     # refuses a longer one unless SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1 (the H100 run of 2026-12-07 waited
     # 10 min on a server that had died at argument checking).
-    python3 -m sglang.launch_server --model-path "$2" --load-format dummy --skip-tokenizer-init \
+    SRVSTART=$(mktemp)  # compiles after this are listed by stop()
+    TRITON_PRINT_AUTOTUNING=1 python3 -m sglang.launch_server --model-path "$2" --load-format dummy --skip-tokenizer-init \
         --attention-backend "$3" --context-length 1010000 --chunked-prefill-size "$4" --mem-fraction-static 0.80 \
         --max-running-requests 32 --port 30000 --random-seed 0 "${@:5}" > "$1" 2>&1 &
-    SRV=$!
+    SRV=$! SRVLOG=$1
     for _ in $(seq 120); do
         curl -sf "$URL/health" > /dev/null && return 0
         kill -0 "$SRV" 2>/dev/null || { echo "server exited before /health: tail of $1"; tail -3 "$1"; return 1; }
@@ -53,7 +54,11 @@ srv() {  # srv LOG MODEL BACKEND CHUNK [extra launch_server args...]: start, wai
     done
     return 1
 }
-stop() { kill "$SRV" 2>/dev/null; wait "$SRV" 2>/dev/null; pkill -f sglang.launch_server; sleep 5; }
+stop() {  # also lists when each Triton kernel was compiled (beside the server log): the 2026-12-08 H100 policy run had 7
+    # steps of 4.5-6.1 s among 0.5 s ones, and these times against the log's step times say whether compiles did it
+    find "${TRITON_CACHE_DIR:-$HOME/.triton/cache}" -name '*.json' -newer "$SRVSTART" -printf '%TT %f\n' 2>/dev/null \
+        | sort > "${SRVLOG%.log}.triton_compiles.txt"
+    kill "$SRV" 2>/dev/null; wait "$SRV" 2>/dev/null; pkill -f sglang.launch_server; sleep 5; }
 local_w() {  # the -local weights; if that fails the run goes on with the dummy weights and says so in its label
     if python3 -m sgl_qwen1m bench local-weights --url "$URL" --model-dir "$1"; then W=-local; else
         W=; echo "local-weights failed: this step runs on uniform dummy weights"; fi; return 0; }
