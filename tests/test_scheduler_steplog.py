@@ -82,7 +82,8 @@ def test_fit_leaves_out_compile_steps_and_recovers_the_coefficients():
         fit(samples, outlier_factor=1.0)
     prof = Profile.from_fit("g", robust, {}, samples)
     back = stored_samples(prof)
-    assert [s.source for s in back] == [s.source for s in samples] and [s.work for s in back] == [s.work for s in samples]
+    assert [s.source for s in back] == [s.source for s in samples]
+    assert [s.work for s in back] == [s.work for s in samples]
     assert [s.seconds for s in back] == pytest.approx([s.seconds for s in samples], rel=1e-5)
 
 
@@ -115,18 +116,20 @@ def test_profile_check_cli_writes_rows_and_plot(tmp_path, capsys):
     from sgl_qwen1m.cli import main
 
     out = tmp_path / "check.json"
-    assert main(["bench", "profile-check", "--log", str(LOG), "--profile", f"probe={RES / 'profiles' / 'h100_probe_256k.json'}",
-                 "--profile", f"stored={ROOT / 'sgl_qwen1m' / 'scheduler' / 'profiles' / 'h100.json'}",
-                 "--kv-dtype", "fp8_e4m3", "--out", str(out), "--no-plot"]) == 0
+    probe = RES / "profiles" / "h100_probe_256k.json"
+    stored = ROOT / "sgl_qwen1m" / "scheduler" / "profiles" / "h100.json"
+    assert main(["bench", "profile-check", "--log", str(LOG), "--profile", f"probe={probe}", "--profile",
+                 f"stored={stored}", "--kv-dtype", "fp8_e4m3", "--out", str(out), "--no-plot"]) == 0
     data = json.loads(out.read_text())
     assert validate(data) == []
     got = {(r["metric"], r["variant"]): r for r in data["rows"] if r["metric"] != "step_s"}
     assert got[("policy_prefill_s", "measured")]["steps"] == 1493
-    assert got[("step_pred_ratio", "probe")]["value"] > 1.6 and 0.97 < got[("step_pred_ratio", "stored")]["value"] < 1.03
+    assert got[("step_pred_ratio", "probe")]["value"] > 1.6
+    assert 0.97 < got[("step_pred_ratio", "stored")]["value"] < 1.03
     assert {r["case"] for r in data["rows"] if r["metric"] == "step_s"} >= {"prefix 875000-1000000"}
     assert main(["bench", "profile-check", "--log", str(LOG), "--profile", "nopath", "--out", str(out)]) == 1
     assert "--profile 'nopath': expected NAME=PATH" in capsys.readouterr().err
     pytest.importorskip("matplotlib")
-    assert main(["bench", "profile-check", "--log", str(LOG), "--profile", f"stored={RES / 'profiles' / 'h100_probe_256k.json'}",
+    assert main(["bench", "profile-check", "--log", str(LOG), "--profile", f"probe={probe}",
                  "--out", str(tmp_path / "p.json")]) == 0
     assert (tmp_path / "p.png").stat().st_size > 5000

@@ -217,7 +217,13 @@ def _long_ttft(o: LoadOptions, ids: list[int], name: str) -> StreamTrace:
 def run_load(o: LoadOptions, argv: Optional[list[str]] = None) -> dict[str, Any]:
     """Run the scenario, write the rows into ``o.out`` and return a summary (see the module docstring)."""
     long_ids = make_prompt(o.long_tokens, seed=1)
+    res = Results.open(o.out, command=command_line(argv), gpu=o.gpu)
+    extra = {"case": o.scenario, "scenario": o.scenario, "streams": o.streams, "chat_rate": o.chat_rate,
+             "chat_prompt": o.chat_prompt, **({"kv_dtype": o.kv_dtype} if o.kv_dtype else {})}
     idle = None if o.skip_idle else _long_ttft(o, long_ids, "long-idle")
+    if idle is not None:  # saved at once: a run cut short later (an outer timeout) keeps it
+        idle_s = idle.first_token - idle.sent  # type: ignore[operator]
+        res.upsert("ttft_idle_s", o.backend, o.long_tokens, idle_s, **extra)
     stop, traces, threads = threading.Event(), [], []
     for i in range(o.streams):
         threads.append(_start(o.url, f"chat{i}", make_prompt(o.chat_prompt, seed=100 + i), o.chat_new_tokens, stop,
@@ -241,6 +247,7 @@ def run_load(o: LoadOptions, argv: Optional[list[str]] = None) -> dict[str, Any]
         lt.join(0.005)
     if not box:
         stop.set()
+        res.backend_info(o.backend, error=f"{o.scenario}: the long prompt under load failed")
         raise RuntimeError("the long prompt under load failed (see the server log)")
     long = box[0]
     t_end = long.first_token
@@ -248,9 +255,6 @@ def run_load(o: LoadOptions, argv: Optional[list[str]] = None) -> dict[str, Any]
     for th in threads:
         th.join(5.0)
     w = window_summary(traces, arrivals, t_long, t_end)
-    res = Results.open(o.out, command=command_line(argv), gpu=o.gpu)
-    extra = {"case": o.scenario, "scenario": o.scenario, "streams": o.streams, "chat_rate": o.chat_rate,
-             "chat_prompt": o.chat_prompt, **({"kv_dtype": o.kv_dtype} if o.kv_dtype else {})}
     summary: dict[str, Any] = {"ttft_s": t_end - long.sent}
     if idle is not None:
         summary["ttft_idle_s"] = idle.first_token - idle.sent  # type: ignore[operator]
