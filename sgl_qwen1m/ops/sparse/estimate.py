@@ -121,13 +121,18 @@ def _est_scores_kernel(
                        vbase, sbase, BM, BN, D)
 
 
-PROGRAMS_PER_SM = 4  # resident estimation programs aimed at per SM (bench ops-sparse --est-programs-per-sm sweeps it)
+# Resident estimation programs aimed at per SM (``bench ops-sparse --est-programs-per-sm`` sweeps it). 16: on one H100
+# (benchmarks/results/sparse-ops-h100/estimate_stages_h100.json, 7B budgets, DCA, chunk 16384, scores checked equal)
+# both passes took 6.49 -> 5.29 ms per layer at 256K keys and 12.85 -> 10.28 ms at 1M going from 4 to 16 (2: 8.16 and
+# 16.20 ms); the per-GQA-group design at its best was within 4 % of this (5.47 ms at 256K, 10.06 ms at 1M).
+PROGRAMS_PER_SM = 16
 
 
 def splits_per_row(programs: int, tiles: int, device: torch.device, programs_per_sm: int = PROGRAMS_PER_SM) -> int:
     """Programs per row (at most ``tiles``) so that about ``programs_per_sm`` programs run per SM when
     ``programs`` rows share the GPU (each program walks every ``splits``-th key tile of its row)."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    # off the GPU (the Triton interpreter in the tests) one "SM": as many splits as 4 SMs at 4 programs gave before
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
     return max(1, min(tiles, -(-programs_per_sm * sms // max(programs, 1))))
 
 
