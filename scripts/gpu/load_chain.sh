@@ -8,7 +8,9 @@
 # STEPS (comma list, in this order; each starts its own server on port 30000 and stops it):
 #   profile        step-time profile for the scheduler (7B-1M, local weights, prefixes to PROFILE_MAX=512K, ~8 min)
 #   load-sglang    1M prompt + 8 chat streams, SGLang's own scheduling (today's qwen1m), local weights (~5 min)
-#   load-policy    the same with QWEN1M_SCHEDULER=1 and the profile from step `profile` (~5 min)
+#   load-policy    the same with QWEN1M_SCHEDULER=1 and the profile from step `profile` (~5 min); after `refit`, on the
+#                  refitted profile (scenario qwen1m-policy-refit)
+#   refit          (CPU, seconds) bench profile-check --refit: that profile refitted with the policy server's logged steps
 #   load-fi        stock flashinfer + --enable-mixed-chunk on the plain 7B shape at 256K (~4 min)
 #   dense-policy   dense DCA (no budgets) with the scheduler at 256K and 512K (~6 min)
 #   est-tests      the FP8 estimation tests whose oracle was fixed after the 2026-12-01 run, and the mixed-batch
@@ -36,6 +38,7 @@ M7=benchmarks/models/qwen2.5-7b-shape
 M30=benchmarks/models/qwen3-30b-a3b-instruct-2507-1m-shape
 URL=http://127.0.0.1:30000
 PROFILE="$R/scheduler-profile/$G.json"
+REFIT="$R/scheduler-profile/${G}_refit.json"  # step `refit`: the profile refitted from load-policy's logged steps
 OUTL="$R/load-$G/load_$G.json"
 
 srv() {  # srv LOG MODEL BACKEND CHUNK [extra launch_server args...]: start, wait for /health (10 min at most; gives
@@ -65,9 +68,10 @@ local_w() {  # the -local weights; if that fails the run goes on with the dummy 
 q3_budgets() {  # Qwen3's own budgets are not public here: every head gets the 14B-1M means (as fp8_chain.sh)
     [ -f /tmp/qwen3-sparse/sparse_attention_config.json ] || python3 -m sgl_qwen1m model export-sparse-variant \
         --model "$M30" --out /tmp/qwen3-sparse --vertical 2357 --slash 6055 --threshold 32768; }
-use_profile() {  # the profile measured by step `profile` when it has every coefficient, else the stored one of
-    # this GPU (sgl_qwen1m/scheduler/profiles/<gpu>.json)
-    if [ -f "$PROFILE" ] && python3 -c "import sys; from sgl_qwen1m.scheduler.profile import Profile
+use_profile() {  # the refit of step `refit` when there is one, else the profile measured by step `profile` when it
+    # has every coefficient, else the stored one of this GPU (sgl_qwen1m/scheduler/profiles/<gpu>.json)
+    if [ -f "$REFIT" ]; then export QWEN1M_SCHEDULER_PROFILE="$REFIT"; echo "scheduler profile: the refit $REFIT"
+    elif [ -f "$PROFILE" ] && python3 -c "import sys; from sgl_qwen1m.scheduler.profile import Profile
 m = Profile.load(sys.argv[1]).missing; print('measured profile lacks', m) if m else None; sys.exit(bool(m))" \
             "$PROFILE"; then export QWEN1M_SCHEDULER_PROFILE="$PROFILE"
     else unset QWEN1M_SCHEDULER_PROFILE; echo "no complete measured profile: the scheduler uses the stored one"; fi; }
@@ -94,13 +98,19 @@ for s in ${1//,/ }; do
             timeout 900 python3 -m sgl_qwen1m bench load --url "$URL" --long-tokens 1000000 --streams 8 \
                 --chat-rate 0.5 --backend "qwen1m-sparse$W" --scenario sglang-scheduling --kv-dtype "$KVL" --no-plot --out "$OUTL"
         stop ;;
-    load-policy)
-        use_profile; QWEN1M_SCHEDULER=1 QWEN1M_ITL_TARGET_MS=1000 \
-            srv "$R/load-$G/qwen1m_policy_server.log" "$M1" qwen1m 16384 --enable-mixed-chunk "${KVA[@]}" && local_w "$M1" &&
-            sched_on "$R/load-$G/qwen1m_policy_server.log" &&
+    load-policy)  # after step `refit` it runs on the refitted profile, as scenario qwen1m-policy-refit
+        use_profile; SC=qwen1m-policy$([ -f "$REFIT" ] && echo -refit)
+        QWEN1M_SCHEDULER=1 QWEN1M_ITL_TARGET_MS=1000 \
+            srv "$R/load-$G/${SC//-/_}_server.log" "$M1" qwen1m 16384 --enable-mixed-chunk "${KVA[@]}" && local_w "$M1" &&
+            sched_on "$R/load-$G/${SC//-/_}_server.log" &&
             timeout 900 python3 -m sgl_qwen1m bench load --url "$URL" --long-tokens 1000000 --streams 8 \
-                --chat-rate 0.5 --backend "qwen1m-sparse$W" --scenario qwen1m-policy --kv-dtype "$KVL" --no-plot --out "$OUTL"
+                --chat-rate 0.5 --backend "qwen1m-sparse$W" --scenario "$SC" --kv-dtype "$KVL" --no-plot --out "$OUTL"
         stop ;;
+    refit)  # CPU, seconds: the profile load-policy used, refitted with the steps its server logged (bench profile-check)
+        use_profile
+        python3 -m sgl_qwen1m bench profile-check --log "$R/load-$G/qwen1m_policy_server.log" \
+            --profile "used=${QWEN1M_SCHEDULER_PROFILE:-sgl_qwen1m/scheduler/profiles/$G.json}" --refit-base used \
+            --refit "$REFIT" --kv-dtype "$KVL" --no-plot --out "$R/scheduler-profile/profile_check_$G.json" ;;
     load-fi)
         srv "$R/load-$G/stock_mixed_chunk_server.log" "$M7" flashinfer 8192 --enable-mixed-chunk \
                 --context-length 270336 && local_w "$M7" &&
