@@ -34,6 +34,8 @@ from sgl_qwen1m.scheduler.profile import Profile, Sample, fit, stored_samples
 from sgl_qwen1m.scheduler.simulate import Scenario, simulate
 from sgl_qwen1m.scheduler.steplog import AloneStep, alone_steps, parse_prefill_lines, step_samples
 
+from .load import percentile
+
 __all__ = ["register", "read_log", "probe_samples", "check_rows", "refit"]
 
 _PROBE = re.compile(r"^(prefill) prefix=(\d+) extend=(\d+)$|^(decode) kv=(\d+) batch=(\d+)$")
@@ -89,11 +91,6 @@ def probe_samples(profile: Profile, cost: CostModel) -> list[Sample]:
     return out
 
 
-def _pct(xs: Sequence[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))]
-
-
 def _policy(cost: CostModel, prof: Profile, chunk: int) -> StepPolicy:
     return StepPolicy(cost, prof, PolicyConfig(max_step_tokens=chunk))
 
@@ -115,13 +112,14 @@ def check_rows(steps: Sequence[AloneStep], cost: CostModel, profiles: dict[str, 
         for lo, hi in zip(edges, edges[1:]):
             sel = [x for s, x in zip(steps, secs) if lo <= s.prefix < hi]
             if sel:
-                rows.append({"metric": "step_s", "variant": name, "case": f"prefix {lo}-{hi}", "value": _pct(sel, .5),
-                             "steps": len(sel), "p10": _pct(sel, .1), "p90": _pct(sel, .9)})
+                rows.append({"metric": "step_s", "variant": name, "case": f"prefix {lo}-{hi}",
+                             "value": percentile(sel, 50), "steps": len(sel), "p10": percentile(sel, 10),
+                             "p90": percentile(sel, 90)})
         if prof is None:
             continue
         ratio = [x / s.seconds for s, x in zip(steps, secs)]
-        rows.append({"metric": "step_pred_ratio", "variant": name, "value": _pct(ratio, .5), "p10": _pct(ratio, .1),
-                     "p90": _pct(ratio, .9), "steps": len(steps)})
+        rows.append({"metric": "step_pred_ratio", "variant": name, "value": percentile(ratio, 50),
+                     "p10": percentile(ratio, 10), "p90": percentile(ratio, 90), "steps": len(steps)})
         sim = simulate(_policy(cost, prof, chunk), Scenario(prompt, streams=0))
         rows.append({"metric": "policy_prefill_s", "variant": name, "value": sim.long_ttft_s,
                      "chunks": len(sim.long_chunks), "chunk_min": min(sim.long_chunks),
@@ -143,8 +141,8 @@ def refit(base: Profile, cost: CostModel, logged: Sequence[Sample], outlier_fact
     errs = [r for s, r in res.residuals if s in tags]
     pv["residuals"] = [r for r in pv["residuals"] if r["sample"] not in tags]
     if errs:
-        pv["log_residuals"] = {"steps": len(errs), "p10": round(_pct(errs, .1), 4), "p50": round(_pct(errs, .5), 4),
-                               "p90": round(_pct(errs, .9), 4), "max_abs": round(max(map(abs, errs)), 4)}
+        pv["log_residuals"] = {"steps": len(errs), **{f"p{q}": round(percentile(errs, q), 4) for q in (10, 50, 90)},
+                               "max_abs": round(max(map(abs, errs)), 4)}
     return Profile(prof.gpu, prof.coefficients, pv)
 
 
