@@ -133,3 +133,63 @@ def test_profile_check_cli_writes_rows_and_plot(tmp_path, capsys):
     assert main(["bench", "profile-check", "--log", str(LOG), "--profile", f"probe={probe}",
                  "--out", str(tmp_path / "p.json")]) == 0
     assert (tmp_path / "p.png").stat().st_size > 5000
+
+
+def _serve_1m(profile, adapt, decodes=(2048,) * 8, n=1_000_000):
+    """A serving planner (``PassPlanner``) prefilling one ``n``-token prompt beside ``decodes`` with a fake clock
+    whose steps take what the refitted profile predicts (the logged H100 steps within ~2 %)."""
+    from sgl_qwen1m.scheduler.cost import PrefillPiece, Step
+    from sgl_qwen1m.scheduler.policy import Waiting
+    from sgl_qwen1m.scheduler.serving import PassPlanner
+
+    now = [0.0]
+    planner = PassPlanner(StepPolicy(SPARSE, profile, PolicyConfig()), clock=lambda: now[0], adapt=adapt)
+    done, carried, chunks, lines, steps = 0, None, [], [], []
+    while done < n:
+        tokens, more = planner.plan(list(decodes), [Waiting("long", n, done, 0.0)], carried)
+        lines += more
+        step = Step((PrefillPiece("long", done, tokens["long"]),), tuple(decodes))
+        steps.append(STORED.predict_s(SPARSE.step_work(step)))
+        now[0] += steps[-1]
+        chunks.append(tokens["long"])
+        done += tokens["long"]
+        carried = "long"
+    return planner, steps, chunks, lines
+
+
+def test_a_serving_planner_corrects_an_overpredicting_profile_from_its_own_steps():
+    """On the probe profile (1.75x high at 1M) with 8 decoding chats. Measuring, the planner's scale falls to what
+    the steps show (~0.73 at the end) and the prefill is shorter, in fewer chunks, than on the unscaled profile and
+    no longer than on the refitted profile itself. A scale corrects the magnitude, not the mix: the probe profile
+    still puts too much of a step in the fixed estimation cost, so the chunk floor's steps reach 0.93 s (the step
+    target is 0.8 s) with or without it; the refit holds the target."""
+    fixed, fixed_steps, fixed_chunks, _ = _serve_1m(PROBE, adapt=False)
+    learnt, steps, chunks, lines = _serve_1m(PROBE, adapt=True)
+    truth, truth_steps, _, _ = _serve_1m(STORED, adapt=False)
+    assert fixed.scale == 1.0 and fixed.measured_steps == 0 and fixed.policy.scale == 1.0
+    assert learnt.measured_steps == len(steps) - 1 and 0.6 < learnt.scale < 0.8
+    assert sum(steps) < 0.95 * sum(fixed_steps) and sum(steps) < 1.0 * sum(truth_steps)
+    assert len(chunks) < len(fixed_chunks) and max(truth_steps) <= 0.8 + 1e-9 < max(steps) < 0.95
+    assert any(line.startswith("qwen1m scheduler: measured / predicted step time 0.") for line in lines)
+
+
+def test_the_planner_measures_only_back_to_back_steps_of_one_carried_request():
+    from sgl_qwen1m.scheduler.policy import Waiting
+    from sgl_qwen1m.scheduler.serving import PassPlanner
+
+    now = [0.0]
+    pol = StepPolicy(SPARSE, STORED, PolicyConfig())
+    planner = PassPlanner(pol, clock=lambda: now[0])
+    long = [Waiting("long", 1_000_000, 500_000, 0.0)]
+    planner.plan([], long, None)  # first pass: nothing to measure
+    now[0] += 100.0  # the next pass carries another request: the gap is not a step of this one
+    planner.plan([], [Waiting("other", 1_000_000, 500_000, 0.0)], "other")
+    assert planner.measured_steps == 0 and planner.scale == 1.0
+    now[0] += 100.0  # 'other' carried again, 100 s later: one step, its ratio clamped to 4x
+    planner.plan([], [Waiting("other", 1_000_000, 600_000, 0.0)], "other")
+    assert planner.measured_steps == 1 and planner.scale == pytest.approx(4.0 ** 0.2)
+    assert pol.scale == 1.0 and planner.policy.scale == pytest.approx(4.0 ** 0.2)  # the caller's policy untouched
+    planner.plan([], [Waiting("chat", 2048, 0, 0.0)], None)  # a whole prompt: nothing left partial
+    now[0] += 1.0
+    planner.plan([], long, None)
+    assert planner.measured_steps == 1

@@ -142,6 +142,7 @@ class StepPolicy:
     def __init__(self, cost: CostModel, profile: Profile, cfg: Optional[PolicyConfig] = None) -> None:
         self.cost = cost
         self.profile = profile
+        self.scale = 1.0
         self.cfg = cfg or PolicyConfig.from_env()
         per_tok = cost.activation_bytes_per_token
         cap = self.cfg.max_step_tokens
@@ -153,7 +154,9 @@ class StepPolicy:
         self.max_step_tokens = cap
 
     def predict_s(self, work: StepWork) -> float:
-        return self.profile.predict_s(work)
+        """Predicted seconds: the profile's, times ``scale`` (1.0; a serving planner sets it from the steps it
+        measures, :class:`sgl_qwen1m.scheduler.serving.PassPlanner`)."""
+        return self.profile.predict_s(work) * self.scale
 
     def step_s(self, step: Step) -> float:
         """Predicted seconds of a whole step."""

@@ -12,6 +12,12 @@ calls it is ``sgl_qwen1m/adapter/scheduler_hook.py`` (design and status: ``docs/
 The launch check (the plugin's ServerArgs hook) reads them with :meth:`SchedulerSettings.from_env`, so a bad value
 stops the launch with its message before any weight loads; each scheduler process reads them again.
 
+The planner also measures the steps it plans (:class:`PassPlanner`): when two passes in a row carry the same partially
+prefilled request, the loop was busy between them, so the time between them is a step of the engine. The ratio of that
+time to the profile's prediction of the planned step (per-step log ratio clamped to 4x either way, exponential moving
+average, weight 0.2) scales every later prediction, and a line is logged every 64 measured steps. The first GPU run
+(H100, 2026-12-08) had a profile 1.75x too high at 1M; with this the policy's steps follow the GPU within ~10 steps.
+
 One SGLang scheduling pass (``PrefillAdder``) has two rules the policy's plan must also obey (:func:`plan_pass`):
 
 * at most one request leaves the pass partially prefilled (SGLang tracks one ``chunked_req``);
@@ -22,7 +28,10 @@ One SGLang scheduling pass (``PrefillAdder``) has two rules the policy's plan mu
 
 from __future__ import annotations
 
+import copy
+import math
 import os
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +40,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 from sgl_qwen1m.config import SPARSE_BLOCK, DCAConfig, sparse_budgets_from_hf
 from sgl_qwen1m.sizing import ModelShape
 
-from .cost import CostModel
+from .cost import CostModel, PrefillPiece, Step
 from .policy import ITL_ENV, PolicyConfig, StepPolicy, Waiting, parse_itl_target_ms
 from .profile import Profile
 from .simulate import plan_summary
@@ -148,21 +157,55 @@ def plan_pass(policy: StepPolicy, decode_lens: Sequence[int], waiting: Sequence[
 
 
 class PassPlanner:
-    """One per scheduler process: plans passes and says which long requests' plan lines are still to be logged."""
+    """One per scheduler process: plans passes, says which long requests' plan lines are still to be logged, and
+    corrects the policy's predictions by the step times it measures (module docstring; ``adapt=False``: never).
+    ``clock``: seconds, monotonic (``time.perf_counter``)."""
 
-    def __init__(self, policy: StepPolicy) -> None:
-        self.policy = policy
+    ALPHA = 0.2  # weight of the newest measured step in the moving average of log(measured / predicted)
+    MAX_RATIO = 4.0  # one step moves the average by at most log(4) * ALPHA
+    LOG_EVERY = 64  # measured steps between two calibration lines
+
+    def __init__(self, policy: StepPolicy, clock: Any = time.perf_counter, adapt: bool = True) -> None:
+        self.policy = copy.copy(policy)  # its own: the measured scale must not leak into the caller's policy
         self._logged: "OrderedDict[str, None]" = OrderedDict()
+        self._clock, self.adapt = clock, adapt
+        self._prev: Optional[tuple[float, float, str]] = None  # (plan time, profile's seconds, the partial request)
+        self._log_ratio = 0.0
+        self.measured_steps = 0
 
     def plan(self, decode_lens: Sequence[int], waiting: Sequence[Waiting],
              carried: Optional[str] = None) -> tuple[dict[str, int], list[str]]:
-        """(:func:`plan_pass`, one :func:`simulate.plan_summary` line per long request planned for the first time)."""
-        tokens = plan_pass(self.policy, decode_lens, waiting, carried)
+        """(:func:`plan_pass`, one :func:`simulate.plan_summary` line per long request planned for the first time,
+        and a calibration line every ``LOG_EVERY`` measured steps)."""
+        now = self._clock()
         lines = []
+        if self.adapt and self._prev is not None and carried == self._prev[2] and self._prev[1] > 0:
+            lines += self._measured((now - self._prev[0]) / self._prev[1])
+        tokens = plan_pass(self.policy, decode_lens, waiting, carried)
         for w in waiting:
             if tokens.get(w.rid) and w.prompt_len > self.policy.cfg.long_prompt_tokens and w.rid not in self._logged:
                 self._logged[w.rid] = None
                 if len(self._logged) > _LOGGED_MAX:
                     self._logged.popitem(last=False)
                 lines.append(plan_summary(self.policy, w.rid, w.prompt_len, decode_lens))
+        pieces = tuple(PrefillPiece(w.rid, w.done, tokens[w.rid]) for w in waiting if tokens.get(w.rid))
+        partial = [p.rid for p, w in zip(pieces, (w for w in waiting if tokens.get(w.rid))) if p.extend < w.remaining]
+        raw = self.policy.profile.predict_s(self.policy.cost.step_work(Step(pieces, tuple(decode_lens))))
+        self._prev = (now, raw, partial[0]) if partial else None
         return tokens, lines
+
+    @property
+    def scale(self) -> float:
+        """Measured / predicted step time (moving average; 1.0 until a step is measured)."""
+        return math.exp(self._log_ratio)
+
+    def _measured(self, ratio: float) -> list[str]:
+        lim = math.log(self.MAX_RATIO)
+        x = min(lim, max(-lim, math.log(max(ratio, 1e-9))))
+        self._log_ratio += self.ALPHA * (x - self._log_ratio)
+        self.policy.scale = self.scale
+        self.measured_steps += 1
+        if self.measured_steps % self.LOG_EVERY:
+            return []
+        return [f"qwen1m scheduler: measured / predicted step time {self.scale:.3f} (moving average over "
+                f"{self.measured_steps} measured steps; predictions are scaled by it)"]
