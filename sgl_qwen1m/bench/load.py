@@ -233,7 +233,15 @@ def run_load(o: LoadOptions, argv: Optional[list[str]] = None) -> dict[str, Any]
         time.sleep(0.01)
     long_ids = make_prompt(o.long_tokens, seed=2)  # not a radix-cache hit on the idle run
     box: list[StreamTrace] = []
-    lt = threading.Thread(target=lambda: box.append(_long_ttft(o, long_ids, "long")), daemon=True)
+    failed: list[str] = []
+
+    def long_run() -> None:  # the failure is reported by this thread's caller, not raised in the thread
+        try:
+            box.append(_long_ttft(o, long_ids, "long"))
+        except RuntimeError as e:
+            failed.append(str(e))
+
+    lt = threading.Thread(target=long_run, daemon=True)
     t_long = time.perf_counter()
     lt.start()
     arrivals, k = [], 0
@@ -247,8 +255,9 @@ def run_load(o: LoadOptions, argv: Optional[list[str]] = None) -> dict[str, Any]
         lt.join(0.005)
     if not box:
         stop.set()
-        res.backend_info(o.backend, error=f"{o.scenario}: the long prompt under load failed")
-        raise RuntimeError("the long prompt under load failed (see the server log)")
+        why = failed[0] if failed else "no result"
+        res.backend_info(o.backend, error=f"{o.scenario}: the long prompt under load failed: {why}")
+        raise RuntimeError(f"the long prompt under load failed (see the server log): {why}")
     long = box[0]
     t_end = long.first_token
     stop.set()
