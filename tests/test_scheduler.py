@@ -37,9 +37,12 @@ def test_sum_min_matches_the_loop():
 @given(st.sampled_from([SPARSE, DENSE]), st.integers(0, 1_100_000), st.integers(1, 20000), st.integers(1, 20000))
 def test_cost_is_monotone_in_prefix_and_chunk(model, prefix, chunk, more):
     """Monotone, except that a chunk crossing a DCA chunk boundary pays one estimation pass per DCA chunk it spans
-    (as the sparse planner runs it), so sliding it past the boundary can make it cheaper: compare equal spans."""
+    (as the sparse planner runs it), so sliding it past the boundary can make it cheaper: compare equal spans; and
+    sliding a chunk past the sparse threshold turns dense work into sparse work, which can be cheaper (on the refitted
+    H100 profile 9,810 tokens after 22,959 cost less than after 10,922): compare within one regime."""
     t = lambda p, c: H100.predict_s(model.prefill_work(p, c) + StepWork(steps=1))  # noqa: E731
-    if len(model._dca_pieces(prefix + more, chunk)) >= len(model._dca_pieces(prefix, chunk)):
+    same_regime = model.is_sparse_piece(prefix + more, chunk) == model.is_sparse_piece(prefix, chunk)
+    if same_regime and len(model._dca_pieces(prefix + more, chunk)) >= len(model._dca_pieces(prefix, chunk)):
         assert t(prefix + more, chunk) >= t(prefix, chunk) * (1 - 1e-12)
     assert t(prefix, chunk + more) >= t(prefix, chunk) * (1 - 1e-12)
 

@@ -216,7 +216,7 @@ class StepPolicy:
                 break
             limit = min(w.remaining, tokens_left)
             c = self.largest_fit(base, w.done, limit, target) if feasible else 0
-            if not pieces:  # progress every step, and never a chunk dwarfed by its fixed cost (rule 4)
+            if not pieces and c < limit:  # progress every step, and never a chunk dwarfed by its fixed cost (rule 4)
                 c = max(c, self.floor_chunk(base, w.done, limit))
             elif c == 0:
                 break
