@@ -21,7 +21,7 @@ from typing import Any
 from sgl_qwen1m.args import length_or_zero, positive_float, positive_int
 from sgl_qwen1m.config import DCAConfig, SparseBudgets
 from sgl_qwen1m.scheduler.calibrate import derive_profile
-from sgl_qwen1m.scheduler.cost import CostModel, StepWork
+from sgl_qwen1m.scheduler.cost import CostModel
 from sgl_qwen1m.scheduler.profile import Profile, Sample, fit, measurement_plan
 from sgl_qwen1m.sizing import ModelShape
 
@@ -140,14 +140,11 @@ def run_profile(url: str, model_dir: str, max_tokens: int, chunks: list[int], ti
     for p in measurement_plan(max_tokens, chunks):
         if p.kind == "prefill":
             tr = _timed(url, prompt[: p.prefix + p.extend], 1, timeout_s)[0]
-            work = cost.prefill_work(p.prefix, p.extend) + StepWork(steps=1.0)
-            samples.append(Sample(work, tr.first_token - tr.sent, f"prefill prefix={p.prefix} extend={p.extend}"))
+            samples.append(Sample(p.work(cost), tr.first_token - tr.sent, p.name))
         else:
             trs = _timed(url, prompt[: p.prefix], p.steps + 1, timeout_s, n=p.batch)
             gaps = sorted(g for t in trs for g in t.gaps())
-            step = gaps[len(gaps) // 2]  # median gap: one decode step of the whole batch
-            work = cost.decode_many([p.prefix] * p.batch) + StepWork(steps=1.0)
-            samples.append(Sample(work, step, f"decode kv={p.prefix} batch={p.batch}"))
+            samples.append(Sample(p.work(cost), gaps[len(gaps) // 2], p.name))  # median gap: one batch's step
     res = fit(samples, outlier_factor=OUTLIER_FACTOR)
     prov = {"how": "sgl_qwen1m bench profile --url (radix-cache probe ladder, relative least squares, outliers "
                    f"more than {OUTLIER_FACTOR:g}x off left out)",

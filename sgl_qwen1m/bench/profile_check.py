@@ -22,23 +22,20 @@ import argparse
 import gzip
 import json
 import lzma
-import re
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 from sgl_qwen1m.args import CommandError, positive_float, positive_int
-from sgl_qwen1m.scheduler.cost import CostModel, StepWork
+from sgl_qwen1m.scheduler.cost import CostModel
 from sgl_qwen1m.scheduler.policy import PolicyConfig, StepPolicy
-from sgl_qwen1m.scheduler.profile import Profile, Sample, fit, stored_samples
-from sgl_qwen1m.scheduler.simulate import Scenario, simulate
+from sgl_qwen1m.scheduler.profile import Probe, Profile, Sample, fit, stored_samples
+from sgl_qwen1m.scheduler.simulate import Scenario, SimResult, simulate
 from sgl_qwen1m.scheduler.steplog import AloneStep, alone_steps, parse_prefill_lines, step_samples
 
 from .load import percentile
 
-__all__ = ["register", "read_log", "probe_samples", "check_rows", "refit"]
-
-_PROBE = re.compile(r"^(prefill) prefix=(\d+) extend=(\d+)$|^(decode) kv=(\d+) batch=(\d+)$")
+__all__ = ["register", "read_log", "probe_samples", "longest_prompt", "idle_plans", "check_rows", "refit"]
 
 
 def register(sub: Any) -> None:
@@ -80,35 +77,37 @@ def probe_samples(profile: Profile, cost: CostModel) -> list[Sample]:
     out = []
     prov = profile.provenance
     for r in list(prov.get("residuals", ())) + list(prov.get("outliers", ())):
-        m = _PROBE.match(str(r["sample"]))
-        if not m:
-            raise ValueError(f"profile sample {r['sample']!r} is not a bench profile probe; cannot rebuild it")
-        if m.group(1):
-            work = cost.prefill_work(int(m.group(2)), int(m.group(3))) + StepWork(steps=1.0)
-        else:
-            work = cost.decode_many([int(m.group(5))] * int(m.group(6))) + StepWork(steps=1.0)
+        work = Probe.from_name(str(r["sample"])).work(cost)  # ValueError naming any other sample
         out.append(Sample(work, profile.predict_s(work) / (1.0 + float(r["rel_error"])), str(r["sample"])))
     return out
 
 
-def _policy(cost: CostModel, prof: Profile, chunk: int) -> StepPolicy:
-    return StepPolicy(cost, prof, PolicyConfig(max_step_tokens=chunk))
-
-
-def check_rows(steps: Sequence[AloneStep], cost: CostModel, profiles: dict[str, Profile], chunk: int,
-               buckets: int = 8) -> list[dict[str, Any]]:
-    """Rows (metric, value and fields, without backend / prompt_tokens) comparing ``profiles`` with ``steps``."""
+def longest_prompt(steps: Sequence[AloneStep], samples: Sequence[Sample]) -> tuple[list[AloneStep], list[Sample]]:
+    """The steps (and their samples, same order) of the longest prompt among ``steps``."""
     if not steps:
         raise CommandError("the log has no alone prefill steps of a long prompt (see sgl_qwen1m.scheduler.steplog)")
     prompt = max(s.prompt for s in steps)
-    steps = [s for s in steps if s.prompt == prompt]
-    work = [cost.prefill_work(s.prefix, s.extend) + StepWork(steps=1.0) for s in steps]
+    keep = [i for i, s in enumerate(steps) if s.prompt == prompt]
+    return [steps[i] for i in keep], [samples[i] for i in keep]
+
+
+def idle_plans(cost: CostModel, profiles: dict[str, Profile], prompt: int, chunk: int) -> dict[str, SimResult]:
+    """Each profile's policy planning ``prompt`` alone on a server with ``--chunked-prefill-size chunk``."""
+    return {name: simulate(StepPolicy(cost, prof, PolicyConfig(max_step_tokens=chunk)), Scenario(prompt, streams=0))
+            for name, prof in profiles.items()}
+
+
+def check_rows(steps: Sequence[AloneStep], samples: Sequence[Sample], profiles: dict[str, Profile],
+               plans: dict[str, SimResult], buckets: int = 8) -> list[dict[str, Any]]:
+    """Rows (metric, value and fields, without backend / prompt_tokens) comparing ``profiles`` with the steps of one
+    prompt (``samples``: their work and time, :func:`step_samples`; ``plans``: :func:`idle_plans`)."""
+    prompt = steps[0].prompt
     rows: list[dict[str, Any]] = [{"metric": "policy_prefill_s", "variant": "measured",
                                    "value": sum(s.seconds for s in steps), "steps": len(steps),
                                    "note": "sum of the logged alone steps (the prompt's first step excluded)"}]
     edges = [prompt * i // buckets for i in range(buckets + 1)]
     for name, prof in [("measured", None), *profiles.items()]:
-        secs = [s.seconds for s in steps] if prof is None else [prof.predict_s(w) for w in work]
+        secs = [s.seconds for s in steps] if prof is None else [prof.predict_s(x.work) for x in samples]
         for lo, hi in zip(edges, edges[1:]):
             sel = [x for s, x in zip(steps, secs) if lo <= s.prefix < hi]
             if sel:
@@ -120,7 +119,7 @@ def check_rows(steps: Sequence[AloneStep], cost: CostModel, profiles: dict[str, 
         ratio = [x / s.seconds for s, x in zip(steps, secs)]
         rows.append({"metric": "step_pred_ratio", "variant": name, "value": percentile(ratio, 50),
                      "p10": percentile(ratio, 10), "p90": percentile(ratio, 90), "steps": len(steps)})
-        sim = simulate(_policy(cost, prof, chunk), Scenario(prompt, streams=0))
+        sim = plans[name]
         rows.append({"metric": "policy_prefill_s", "variant": name, "value": sim.long_ttft_s,
                      "chunks": len(sim.long_chunks), "chunk_min": min(sim.long_chunks),
                      "note": "predicted by this profile for the policy it drives, idle server"})
@@ -167,21 +166,21 @@ def _run(ns: argparse.Namespace, argv: list[str]) -> int:
         raise CommandError(f"--refit-base {ns.refit_base!r} is none of the --profile names {sorted(named)}")
     cost = cost_model_for(ns.model_dir)
     steps = alone_steps(parse_prefill_lines(read_log(ns.log)), ns.min_prompt)
+    samples = step_samples(steps, cost, tag=Path(ns.log).name)
     profiles = {k: p for k, (_, p) in named.items()}
-    new: Optional[Profile] = None
     if ns.refit:
-        logged = step_samples(steps, cost, tag=Path(ns.log).name)
-        new = refit(profiles[ns.refit_base], cost, logged, ns.outlier_factor, {
+        profiles["refit"] = refit(profiles[ns.refit_base], cost, samples, ns.outlier_factor, {
             "how": "sgl_qwen1m bench profile-check --refit: the base profile's samples + the server log's alone "
                    "prefill steps, relative least squares, outliers left out",
             "log": Path(ns.log).name, "base_profile": named[ns.refit_base][0], "model_dir": ns.model_dir,
             "outlier_factor": ns.outlier_factor, "date": time.strftime("%F"), "caveats": ns.caveat})
-        new.save(ns.refit)
-        profiles["refit"] = new
-    rows = check_rows(steps, cost, profiles, ns.chunk)
+        profiles["refit"].save(ns.refit)
+    steps, samples = longest_prompt(steps, samples)
+    prompt = steps[0].prompt
+    plans = idle_plans(cost, profiles, prompt, ns.chunk)
+    rows = check_rows(steps, samples, profiles, plans)
     gpu = next(iter(profiles.values())).gpu
     res = Results.open(ns.out, command=command_line(argv), gpu=gpu)
-    prompt = max(s.prompt for s in steps)
     extra = {"kv_dtype": ns.kv_dtype} if ns.kv_dtype else {}
     for r in rows:
         r = dict(r)
@@ -191,5 +190,5 @@ def _run(ns: argparse.Namespace, argv: list[str]) -> int:
     if ns.plot:
         from .profile_check_plot import plot_check
 
-        plot_check(steps, cost, profiles, ns.chunk, Path(ns.out).with_suffix(".png"))
+        plot_check(steps, samples, profiles, plans, Path(ns.out).with_suffix(".png"))
     return 0

@@ -5,19 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from sgl_qwen1m.scheduler.cost import CostModel, StepWork
-from sgl_qwen1m.scheduler.policy import PolicyConfig, StepPolicy
-from sgl_qwen1m.scheduler.profile import Profile
-from sgl_qwen1m.scheduler.simulate import Scenario, simulate
+from sgl_qwen1m.scheduler.profile import Profile, Sample
+from sgl_qwen1m.scheduler.simulate import SimResult
 from sgl_qwen1m.scheduler.steplog import AloneStep
 
 __all__ = ["plot_check"]
 
 
-def plot_check(steps: Sequence[AloneStep], cost: CostModel, profiles: dict[str, Profile], chunk: int,
-               path: Path) -> bool:
-    """Two panels: measured step seconds against prefix with each profile's prediction for the same steps; the
-    chunk sizes the server ran and those each profile's policy would run on an idle server. False without
+def plot_check(steps: Sequence[AloneStep], samples: Sequence[Sample], profiles: dict[str, Profile],
+               plans: dict[str, SimResult], path: Path) -> bool:
+    """Two panels, for the steps of one prompt (``samples``: their work, same order): measured step seconds against
+    prefix with each profile's prediction for the same steps; the chunk sizes the server ran and those each
+    profile's policy would run on an idle server (``plans``: ``profile_check.idle_plans``). False without
     matplotlib."""
     try:
         import matplotlib
@@ -28,13 +27,11 @@ def plot_check(steps: Sequence[AloneStep], cost: CostModel, profiles: dict[str, 
         from sgl_qwen1m.figures import save_png
     except ImportError:
         return False
-    prompt = max(s.prompt for s in steps)
-    steps = sorted((s for s in steps if s.prompt == prompt), key=lambda s: s.prefix)
     x = [s.prefix / 1e3 for s in steps]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
     a.scatter(x, [s.seconds for s in steps], s=4, c="k", label="measured (server log)", zorder=3)
     for name, prof in profiles.items():
-        pred = [prof.predict_s(cost.prefill_work(s.prefix, s.extend) + StepWork(steps=1.0)) for s in steps]
+        pred = [prof.predict_s(smp.work) for smp in samples]
         a.plot(x, pred, lw=1.2, label=f"predicted: {name}")
     a.set_xlabel("prefix (K tokens)")
     a.set_ylabel("step (s)")
@@ -42,8 +39,7 @@ def plot_check(steps: Sequence[AloneStep], cost: CostModel, profiles: dict[str, 
     a.set_title("alone prefill steps of one prompt", fontsize=9)
     a.legend(fontsize=7)
     b.scatter(x, [s.extend for s in steps], s=4, c="k", label="ran (server log)", zorder=3)
-    for name, prof in profiles.items():
-        sim = simulate(StepPolicy(cost, prof, PolicyConfig(max_step_tokens=chunk)), Scenario(prompt, streams=0))
+    for name, sim in plans.items():
         starts, done = [], 0
         for c in sim.long_chunks:
             starts.append(done / 1e3)

@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 from .cost import WORK_FIELDS, StepWork
+
+if TYPE_CHECKING:
+    from .cost import CostModel
 
 __all__ = ["Sample", "FitResult", "Profile", "fit", "solve_least_squares", "Probe", "measurement_plan",
            "profile_path", "PROFILE_DIR", "stored_samples"]
@@ -250,6 +254,32 @@ class Probe:
     extend: int = 0
     batch: int = 1
     steps: int = 0
+
+    @property
+    def name(self) -> str:
+        """The sample name ``bench profile`` stores: ``prefill prefix=P extend=C`` or ``decode kv=S batch=B``."""
+        if self.kind == "prefill":
+            return f"prefill prefix={self.prefix} extend={self.extend}"
+        return f"decode kv={self.prefix} batch={self.batch}"
+
+    @classmethod
+    def from_name(cls, name: str) -> "Probe":
+        """The probe a :attr:`name` describes; ValueError for any other text."""
+        m = _PROBE_NAME.match(name)
+        if not m:
+            raise ValueError(f"{name!r} is not a bench profile probe name")
+        if m.group(1):
+            return cls("prefill", int(m.group(1)), int(m.group(2)))
+        return cls("decode", int(m.group(3)), batch=int(m.group(4)))
+
+    def work(self, cost: "CostModel") -> StepWork:
+        """The probe's work under ``cost`` (one step: its fixed part included)."""
+        if self.kind == "prefill":
+            return cost.prefill_work(self.prefix, self.extend) + StepWork(steps=1.0)
+        return cost.decode_many([self.prefix] * self.batch) + StepWork(steps=1.0)
+
+
+_PROBE_NAME = re.compile(r"^prefill prefix=(\d+) extend=(\d+)$|^decode kv=(\d+) batch=(\d+)$")
 
 
 def measurement_plan(max_tokens: int, chunks: Sequence[int] = (1024, 4096, 8192, 16384),

@@ -16,7 +16,9 @@ The planner also measures the steps it plans (:class:`PassPlanner`): when two pa
 prefilled request, the loop was busy between them, so the time between them is a step of the engine. The ratio of that
 time to the profile's prediction of the planned step (per-step log ratio clamped to 4x either way, exponential moving
 average, weight 0.2) scales every later prediction, and a line is logged every 64 measured steps. The first GPU run
-(H100, 2026-12-08) had a profile 1.75x too high at 1M; with this the policy's steps follow the GPU within ~10 steps.
+(H100, 2026-12-08) had a profile 1.75x too high at 1M. A scale corrects the magnitude of such an error, not the mix of
+coefficients: replayed on CPU it shortened that 1M prefill (65.1 s vs 69.9 s) but steps still reached 0.93 s against
+the 0.8 s target (``tests/test_scheduler_steplog.py``); a refit (``bench profile-check --refit``) fixes the mix.
 
 One SGLang scheduling pass (``PrefillAdder``) has two rules the policy's plan must also obey (:func:`plan_pass`):
 
@@ -179,7 +181,7 @@ class PassPlanner:
         and a calibration line every ``LOG_EVERY`` measured steps)."""
         now = self._clock()
         lines = []
-        if self.adapt and self._prev is not None and carried == self._prev[2] and self._prev[1] > 0:
+        if self._prev is not None and carried == self._prev[2] and self._prev[1] > 0:
             lines += self._measured((now - self._prev[0]) / self._prev[1])
         tokens = plan_pass(self.policy, decode_lens, waiting, carried)
         for w in waiting:
@@ -188,10 +190,12 @@ class PassPlanner:
                 if len(self._logged) > _LOGGED_MAX:
                     self._logged.popitem(last=False)
                 lines.append(plan_summary(self.policy, w.rid, w.prompt_len, decode_lens))
-        pieces = tuple(PrefillPiece(w.rid, w.done, tokens[w.rid]) for w in waiting if tokens.get(w.rid))
-        partial = [p.rid for p, w in zip(pieces, (w for w in waiting if tokens.get(w.rid))) if p.extend < w.remaining]
-        raw = self.policy.profile.predict_s(self.policy.cost.step_work(Step(pieces, tuple(decode_lens))))
-        self._prev = (now, raw, partial[0]) if partial else None
+        planned = [w for w in waiting if tokens.get(w.rid)]
+        partial = [w.rid for w in planned if tokens[w.rid] < w.remaining]
+        self._prev = None
+        if self.adapt and partial:  # the profile's own time of this step, for the next pass to measure against
+            step = Step(tuple(PrefillPiece(w.rid, w.done, tokens[w.rid]) for w in planned), tuple(decode_lens))
+            self._prev = (now, self.policy.profile.predict_s(self.policy.cost.step_work(step)), partial[0])
         return tokens, lines
 
     @property
